@@ -1,0 +1,110 @@
+"""The application factory. Nothing is built at import; resources live in `cleanup_ctx` so a
+failure half-way through start-up unwinds what was already opened, in reverse."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from aiohttp import web
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from gateway.appkeys import (
+    CATALOG,
+    CLOCK,
+    DSN,
+    KEYS,
+    OPENAPI,
+    OUTCOMES,
+    POOL,
+    PSEUDONYMS,
+    RECOMMENDER,
+    SETTINGS,
+    STORE,
+)
+from gateway.auth import KeyVerifier
+from gateway.catalog import Catalog, CatalogProjection
+from gateway.database import create_pool
+from gateway.event_store import PostgresEventStore
+from gateway.listeners import Pseudonyms
+from gateway.metrics import FLUSHES, metrics_middleware
+from gateway.openapi import build_spec
+from gateway.outcomes import OutcomeRecorder, SlateLookup
+from gateway.problems import UNAVAILABLE, problem_middleware
+from gateway.recommendations import Recommender
+from gateway.routes import ENDPOINTS, setup_routes
+from gateway.settings import Settings
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    # The database may still be starting (a container, a failover): wait for it, bounded.
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(UNAVAILABLE),
+        wait=wait_random_exponential(multiplier=0.2, max=5),
+        stop=stop_after_delay(60),
+        reraise=True,
+    ):
+        with attempt:
+            pool = await create_pool(
+                app[DSN], min_size=settings.pool_min_size, max_size=settings.pool_max_size
+            )
+    app[POOL] = pool
+    yield
+    await pool.close()
+
+
+async def _event_store(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    projection = CatalogProjection(on_change=lambda: app[CATALOG].invalidate())
+
+    def committed() -> None:
+        FLUSHES.inc()
+
+    store = PostgresEventStore(
+        app[POOL],
+        max_batch_events=settings.group_commit_max_events,
+        flushers=settings.group_commit_flushers,
+        inline=[projection],
+        on_commit=committed,
+    )
+    await store.start()
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings, pool, store, clock = app[SETTINGS], app[POOL], app[STORE], app[CLOCK]
+    app[CATALOG] = Catalog(pool, store, settings.catalog_cache_seconds)
+    app[PSEUDONYMS] = Pseudonyms(pool)
+    app[RECOMMENDER] = Recommender(store, app[CATALOG], app[PSEUDONYMS], clock)
+    app[OUTCOMES] = OutcomeRecorder(store, SlateLookup(pool), app[PSEUDONYMS], clock)
+    app[KEYS] = KeyVerifier(pool, settings.key_cache_seconds)
+    yield
+
+
+def create_app(
+    settings: Settings, dsn: str, *, clock: Callable[[], datetime] = utc_now
+) -> web.Application:
+    """The gateway for an already migrated database at `dsn`."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[metrics_middleware, problem_middleware],
+    )
+    app[SETTINGS] = settings
+    app[DSN] = dsn
+    app[CLOCK] = clock
+    app[OPENAPI] = build_spec(ENDPOINTS)
+    app.cleanup_ctx.extend([_database, _event_store, _services])
+    setup_routes(app)
+    return app

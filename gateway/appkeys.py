@@ -1,0 +1,31 @@
+"""Every typed key the aiohttp application holds, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from gateway.auth import KeyVerifier
+from gateway.catalog import Catalog
+from gateway.event_store import PostgresEventStore
+from gateway.listeners import Pseudonyms
+from gateway.outcomes import OutcomeRecorder
+from gateway.recommendations import Recommender
+from gateway.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+DSN = web.AppKey("dsn", str)
+Clock = Callable[[], datetime]
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+POOL = web.AppKey("pool", asyncpg.Pool)
+STORE = web.AppKey("store", PostgresEventStore)
+CATALOG = web.AppKey("catalog", Catalog)
+PSEUDONYMS = web.AppKey("pseudonyms", Pseudonyms)
+RECOMMENDER = web.AppKey("recommender", Recommender)
+OUTCOMES = web.AppKey("outcomes", OutcomeRecorder)
+KEYS = web.AppKey("keys", KeyVerifier)
+OPENAPI = web.AppKey("openapi", dict[str, Any])

@@ -1,0 +1,161 @@
+"""The live catalogue: kept inside the append transaction of item events, read with a short cache.
+
+Keeping it inline (rather than in the asynchronous projector) means an item is recommendable the
+moment its upsert is acknowledged, and a retired item is never served after its retire is
+acknowledged by this process (other processes see it within `catalog_cache_seconds`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from domain.events import ItemRetired, ItemUpserted, to_payload
+from gateway.event_store import Connection
+from gateway.store_api import EventStore, NewEvent, StoredEvent
+
+_UPSERT = """
+INSERT INTO catalog_items (item_id, kind, attributes, vector, retired, global_position)
+SELECT i, k, a::jsonb, CASE WHEN v = 'null' THEN NULL
+                            ELSE ARRAY(SELECT jsonb_array_elements_text(v::jsonb)::float8) END,
+       r, p
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::bigint[])
+     AS t(i, k, a, v, r, p)
+ON CONFLICT (item_id) DO UPDATE SET
+    kind = EXCLUDED.kind, attributes = EXCLUDED.attributes, vector = EXCLUDED.vector,
+    retired = EXCLUDED.retired, global_position = EXCLUDED.global_position, updated_at = now()
+"""
+
+_RETIRE = """
+UPDATE catalog_items SET retired = true, global_position = t.p, updated_at = now()
+FROM unnest($1::text[], $2::bigint[]) AS t(i, p)
+WHERE catalog_items.item_id = t.i
+"""
+
+
+class CatalogProjection:
+    """Inline projection of ItemUpserted / ItemRetired into `catalog_items`."""
+
+    event_types = frozenset({ItemUpserted.TYPE, ItemRetired.TYPE})
+
+    def __init__(self, on_change: Any = None) -> None:
+        self._on_change = on_change
+
+    async def apply(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
+        # Fold the batch to one final state per item: the last event for an item wins.
+        upserts: dict[str, tuple[StoredEvent, bool]] = {}
+        retires: dict[str, int] = {}
+        for e in events:
+            item_id = e.payload["item_id"]
+            if e.event_type == ItemUpserted.TYPE:
+                upserts[item_id] = (e, False)
+                retires.pop(item_id, None)
+            elif item_id in upserts:
+                upserts[item_id] = (upserts[item_id][0], True)
+            else:
+                retires[item_id] = e.global_position
+        if upserts:
+            rows = [(e.payload, retired, e.global_position) for e, retired in upserts.values()]
+            await conn.execute(
+                _UPSERT,
+                [p["item_id"] for p, _, _ in rows],
+                [p["kind"] for p, _, _ in rows],
+                [orjson.dumps(p.get("attributes") or {}).decode() for p, _, _ in rows],
+                [orjson.dumps(p.get("vector")).decode() for p, _, _ in rows],
+                [r for _, r, _ in rows],
+                [pos for _, _, pos in rows],
+            )
+        if retires:
+            await conn.execute(_RETIRE, list(retires), list(retires.values()))
+        if self._on_change is not None:
+            self._on_change()
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogItem:
+    item_id: str
+    kind: str
+    attributes: dict[str, Any]
+    vector: list[float] | None
+    retired: bool
+
+
+class Catalog:
+    """Reads of the live catalogue. `live()` is served from memory, refreshed when stale."""
+
+    def __init__(self, pool: asyncpg.Pool, store: EventStore, cache_seconds: float) -> None:
+        self._pool = pool
+        self._store = store
+        self._ttl = cache_seconds
+        self._loaded_at = -1e18
+        self._live: dict[str, str] = {}
+
+    def invalidate(self) -> None:
+        self._loaded_at = -1e18
+
+    async def live(self) -> dict[str, str]:
+        """item id -> kind, for every item not retired."""
+        now = time.monotonic()
+        if now - self._loaded_at >= self._ttl:
+            rows = await self._pool.fetch(
+                "SELECT item_id, kind FROM catalog_items WHERE NOT retired"
+            )
+            self._live = {r[0]: r[1] for r in rows}
+            self._loaded_at = now
+        return self._live
+
+    async def get(self, item_id: str) -> CatalogItem | None:
+        row = await self._pool.fetchrow(
+            "SELECT item_id, kind, attributes::text, vector, retired FROM catalog_items "
+            "WHERE item_id = $1",
+            item_id,
+        )
+        if row is None:
+            return None
+        return CatalogItem(
+            row[0], row[1], orjson.loads(row[2]), list(row[3]) if row[3] else None, row[4]
+        )
+
+    async def version(self, item_id: str) -> int:
+        return await self._store.stream_version(ItemRetired(item_id).stream_id())
+
+    async def upsert(self, items: Iterable[ItemUpserted]) -> list[tuple[ItemUpserted, int]]:
+        """Record upserts; returns each item with its stream version."""
+        items = list(items)
+        result = await self._store.append(
+            [
+                NewEvent(uuid.uuid4(), it.stream_id(), it.TYPE, it.SCHEMA_VERSION, to_payload(it))
+                for it in items
+            ]
+        )
+        return [(it, r.stream_version) for it, r in zip(items, result.recorded, strict=True)]
+
+    async def retire(self, item_id: str) -> tuple[CatalogItem, int] | None:
+        """Retire an item; None if it was never in the catalogue. Retiring twice is harmless."""
+        current = await self.get(item_id)
+        if current is None:
+            return None
+        if current.retired:
+            return current, await self.version(item_id)
+        event = ItemRetired(item_id)
+        result = await self._store.append(
+            [
+                NewEvent(
+                    uuid.uuid4(),
+                    event.stream_id(),
+                    event.TYPE,
+                    event.SCHEMA_VERSION,
+                    to_payload(event),
+                )
+            ]
+        )
+        retired = CatalogItem(
+            current.item_id, current.kind, current.attributes, current.vector, True
+        )
+        return retired, result.recorded[0].stream_version

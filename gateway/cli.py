@@ -1,0 +1,272 @@
+"""The `segue` command line. Configuration comes from SEGUE_* variables (and .env)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import click
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  SEGUE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise click.ClickException("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def _database_url(settings: Settings) -> str:
+    from gateway.database import resolve_url
+
+    if settings.database_url is None:
+        click.echo(f"segue: using the embedded PostgreSQL under {settings.data_dir}", err=True)
+    return resolve_url(settings)
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+@click.version_option(package_name="segue")
+def main() -> None:
+    """Segue: an event-sourced recommendation gateway."""
+
+
+# --- serve ----------------------------------------------------------------------------------
+
+
+def _run_worker(settings: Settings, url: str, host: str, port: int, reuse_port: bool) -> None:
+    from gateway.app import create_app
+
+    _setup_logging(settings)
+    web.run_app(
+        create_app(settings, url),
+        host=host,
+        port=port,
+        reuse_port=reuse_port,
+        print=None if reuse_port else click.echo,
+    )
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default SEGUE_HOST).")
+@click.option("--port", type=int, default=None, help="Port (default SEGUE_PORT).")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=1, help="Gateway processes sharing the port."
+)
+def serve(host: str | None, port: int | None, workers: int) -> None:
+    """Run the gateway (migrating the database first)."""
+    from gateway.database import migrate
+
+    settings = _settings()
+    _setup_logging(settings)
+    url = _database_url(settings)
+    asyncio.run(migrate(url))
+    host = host or settings.host
+    port = port if port is not None else settings.port
+    if workers == 1:
+        _run_worker(settings, url, host, port, reuse_port=False)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_run_worker, args=(settings, url, host, port, True), daemon=False)
+        for _ in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    click.echo(f"======== {workers} workers on http://{host}:{port} ========")
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join()
+
+
+# --- db -------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database migrations (Alembic; `alembic upgrade head` works too)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Migrate forward to REVISION (default: head)."""
+    from gateway.database import current_revision, migrate
+
+    url = _database_url(_settings())
+    asyncio.run(migrate(url, revision))
+    click.echo(f"at revision {asyncio.run(current_revision(url))}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Migrate back to REVISION ('base' removes everything)."""
+    from gateway.database import current_revision, migrate
+
+    url = _database_url(_settings())
+    asyncio.run(migrate(url, revision, downgrade=True))
+    click.echo(f"at revision {asyncio.run(current_revision(url))}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's revision."""
+    from gateway.database import current_revision
+
+    url = _database_url(_settings())
+    click.echo(asyncio.run(current_revision(url)) or "none (not migrated)")
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+async def _with_conn(url: str, fn: Any) -> Any:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await fn(conn)
+    finally:
+        await conn.close()
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--scopes", required=True, help="Comma-separated: recommend, ingest, catalog, admin.")
+def keys_create(name: str, scopes: str) -> None:
+    """Create a key and print it once, on stdout. Only its hash is stored."""
+    from gateway.auth import create_key, parse_scopes
+
+    try:
+        wanted = parse_scopes(scopes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scopes") from None
+    url = _database_url(_settings())
+    key, secret = asyncio.run(_with_conn(url, lambda c: create_key(c, name, wanted)))
+    click.echo(
+        f"created key {key.key_id} ({name}) with scopes "
+        f"{','.join(sorted(s.value for s in key.scopes))}",
+        err=True,
+    )
+    click.echo(secret)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    from gateway.auth import list_keys
+
+    url = _database_url(_settings())
+    rows = asyncio.run(_with_conn(url, list_keys))
+    for r in rows:
+        state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
+        click.echo(f"{r['key_id']}  {r['name']:<20} {','.join(r['scopes']):<32} {state}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (the part after `sk_`)."""
+    from gateway.auth import revoke_key
+
+    url = _database_url(_settings())
+    if not asyncio.run(_with_conn(url, lambda c: revoke_key(c, key_id))):
+        raise click.ClickException(f"no active key {key_id!r}")
+    click.echo(f"revoked {key_id}")
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+def _examples(base: str, key: str, item: str) -> str:
+    auth = f'-H "Authorization: Bearer {key}"'
+    json_ct = '-H "Content-Type: application/json"'
+    return f"""
+Segue demo is up at {base}   (API page: {base}/docs)
+
+  export SEGUE_KEY={key}
+
+  # what should user-1 hear next?
+  curl -s {base}/v1/recommendations {auth} {json_ct} \\
+       -d '{{"user_id": "user-1", "surface": "home", "n": 5}}'
+
+  # podcasts only
+  curl -s {base}/v1/recommendations {auth} {json_ct} \\
+       -d '{{"user_id": "user-1", "surface": "podcasts", "n": 3}}'
+
+  # report that user-1 streamed an item for 30 s (resend it: it is counted once)
+  curl -s {base}/v1/outcomes {auth} {json_ct} \\
+       -d '{{"outcomes": [{{"event_id": "7d5f7f4e-1c1e-4a3e-9a51-0c3e2b1d9f00", \
+             "user_id": "user-1", "item_id": "{item}", "kind": "stream_30s", "value": 31000}}]}}'
+
+  # add a track to the catalogue
+  curl -s -X PUT {base}/v1/items/tr-new-1 {auth} {json_ct} \\
+       -d '{{"kind": "track", "attributes": {{"artist": "someone", "genre": "jazz"}}}}'
+
+Press Ctrl+C to stop.
+"""
+
+
+@main.command()
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--items", type=click.IntRange(1, 100_000), default=400, show_default=True)
+@click.option("--users", type=click.IntRange(1, 100_000), default=50, show_default=True)
+def demo(host: str | None, port: int | None, items: int, users: int) -> None:
+    """Seed a synthetic catalogue and listeners, create a key, print examples, and serve."""
+    from gateway.app import create_app, utc_now
+    from gateway.appkeys import CATALOG, OUTCOMES, POOL
+    from gateway.auth import Scope, create_key
+    from gateway.database import migrate
+    from gateway.demo import demo_items, seed
+
+    settings = _settings()
+    _setup_logging(settings)
+    url = _database_url(settings)
+    asyncio.run(migrate(url))
+    host = host or settings.host
+    port = port if port is not None else settings.port
+    app = create_app(settings, url)
+
+    async def seed_and_explain(app: web.Application) -> AsyncIterator[None]:
+        upserted, accepted = await seed(app[CATALOG], app[OUTCOMES], items, users, utc_now())
+        _, secret = await create_key(app[POOL], "demo", frozenset(Scope))
+        click.echo(f"seeded {upserted} items and {accepted} outcomes ({users} listeners)", err=True)
+        click.echo(_examples(f"http://{host}:{port}", secret, demo_items(1)[0].item_id))
+        yield
+
+    app.cleanup_ctx.append(seed_and_explain)
+    web.run_app(app, host=host, port=port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""An async Python client for the Segue HTTP API (used by the tests, the simulator and the
+benchmarks).
+
+    async with SegueClient("http://127.0.0.1:8080", key) as segue:
+        slate = await segue.recommend("user-1", surface="home", n=10)
+        await segue.record_outcomes([outcome(...)])
+
+Errors come back as `SegueError` carrying the problem+json body.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+
+class SegueError(Exception):
+    """A non-2xx answer. `problem` is the RFC 9457 body (`type`, `detail`, `field`...)."""
+
+    def __init__(self, status: int, problem: dict[str, Any], headers: Mapping[str, str]) -> None:
+        super().__init__(f"{status}: {problem.get('detail', problem)}")
+        self.status = status
+        self.problem = problem
+        self.field: str | None = problem.get("field")
+        self.retry_after = headers.get("Retry-After")
+
+
+def outcome(
+    user_id: str,
+    item_id: str,
+    kind: str,
+    *,
+    recommendation_id: str | uuid.UUID | None = None,
+    value: float | None = None,
+    occurred_at: datetime | None = None,
+    event_id: uuid.UUID | None = None,
+) -> dict[str, Any]:
+    """One outcome in the wire shape, with a fresh idempotency key unless one is given."""
+    out: dict[str, Any] = {
+        "event_id": str(event_id or uuid.uuid4()),
+        "user_id": user_id,
+        "item_id": item_id,
+        "kind": kind,
+    }
+    if recommendation_id is not None:
+        out["recommendation_id"] = str(recommendation_id)
+    if value is not None:
+        out["value"] = value
+    if occurred_at is not None:
+        out["occurred_at"] = occurred_at.isoformat()
+    return out
+
+
+class SegueClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._own_session = session is None
+        self._session = session or aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout)
+        )
+
+    async def __aenter__(self) -> SegueClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_session:
+            await self._session.close()
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None
+    ) -> Any:
+        async with self._session.request(
+            method, self.base_url + path, json=json, params=params, headers=self._headers
+        ) as resp:
+            if resp.content_type in ("application/json", "application/problem+json"):
+                body = await resp.json(content_type=None)
+            else:
+                body = await resp.text()
+            if resp.status >= 400:
+                problem = body if isinstance(body, dict) else {"detail": str(body)}
+                raise SegueError(resp.status, problem, resp.headers)
+            return body
+
+    async def recommend(
+        self,
+        user_id: str,
+        *,
+        surface: str = "home",
+        n: int = 10,
+        context: Mapping[str, Any] | None = None,
+        candidates: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        kinds: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"user_id": user_id, "surface": surface, "n": n}
+        if context:
+            body["context"] = dict(context)
+        if candidates is not None:
+            body["candidates"] = list(candidates)
+        if exclude:
+            body["exclude"] = list(exclude)
+        if kinds:
+            body["kinds"] = list(kinds)
+        result: dict[str, Any] = await self.request("POST", "/v1/recommendations", json=body)
+        return result
+
+    async def record_outcomes(self, outcomes: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+        result: dict[str, int] = await self.request(
+            "POST", "/v1/outcomes", json={"outcomes": list(outcomes)}
+        )
+        return result
+
+    async def put_item(
+        self,
+        item_id: str,
+        kind: str,
+        attributes: Mapping[str, Any] | None = None,
+        vector: Sequence[float] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": kind, "attributes": dict(attributes or {})}
+        if vector is not None:
+            body["vector"] = list(vector)
+        result: dict[str, Any] = await self.request(
+            "PUT", f"/v1/items/{quote(item_id, safe='')}", json=body
+        )
+        return result
+
+    async def upsert_items(self, items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        result = await self.request("POST", "/v1/items", json={"items": list(items)})
+        return list(result["items"])
+
+    async def get_item(self, item_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/v1/items/{quote(item_id, safe='')}")
+        return result
+
+    async def retire_item(self, item_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "DELETE", f"/v1/items/{quote(item_id, safe='')}"
+        )
+        return result
+
+    async def ready(self) -> bool:
+        try:
+            await self.request("GET", "/readyz")
+        except (SegueError, aiohttp.ClientError):
+            return False
+        return True
+
+    async def openapi(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", "/openapi.json")
+        return result

@@ -1,0 +1,375 @@
+"""The PostgreSQL event store: group-committed appends, commit-safe reads.
+
+Appends from concurrent requests are queued and written by a few flusher tasks, each turning
+everything waiting into one transaction: lock the touched stream rows, look up known event ids,
+check expected versions in Python, then one statement that upserts stream versions, inserts the
+events and records their ids. A caller's future resolves only after that transaction commits.
+
+Readers page by `(tx_id, global_position)` below `pg_snapshot_xmin`, so an event whose transaction
+is still open (and every event after it in commit order) is not read until it has committed or
+rolled back: positions from the identity column become visible out of order, commit ids do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+import asyncpg
+import orjson
+from asyncpg.pool import PoolConnectionProxy
+
+from gateway.store_api import (
+    AppendResult,
+    NewEvent,
+    Position,
+    Recorded,
+    StoredEvent,
+    StoreUnavailable,
+    WrongExpectedVersion,
+)
+
+log = logging.getLogger(__name__)
+
+# What a pool hands out and what asyncpg.connect returns both work here.
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+MAX_FLUSH_ATTEMPTS = 5
+
+
+class InlineProjection(Protocol):
+    """Work done inside the append transaction for the events it commits (e.g. the catalogue).
+    Keep it small: it runs on every flush that carries one of its event types."""
+
+    event_types: frozenset[str]
+
+    async def apply(self, conn: Connection, events: Sequence[StoredEvent]) -> None: ...
+
+
+class _Retry(Exception):
+    """Another transaction won a race the locks could not prevent (a brand-new stream, an event id
+    being inserted concurrently); the flush is redone, and then sees the winner's commit."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    events: Sequence[NewEvent]
+    expected: Mapping[str, int]
+    future: asyncio.Future[AppendResult]
+
+
+_LOCK_STREAMS = """
+SELECT stream_id, version FROM streams
+WHERE stream_id = ANY($1::text[]) ORDER BY stream_id FOR UPDATE
+"""
+
+_KNOWN_IDS = """
+SELECT event_id, global_position, stream_id, stream_version FROM event_ids
+WHERE event_id = ANY($1::uuid[])
+"""
+
+_WRITE = """
+WITH s AS (
+    INSERT INTO streams (stream_id, version)
+    SELECT * FROM unnest($1::text[], $2::bigint[])
+    ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version
+    RETURNING stream_id, (xmax = 0) AS created
+), e AS (
+    INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
+                        payload, metadata)
+    SELECT s_id, s_v, e_id, e_t, e_sv, p::jsonb, m::jsonb
+    FROM unnest($3::text[], $4::bigint[], $5::uuid[], $6::text[], $7::int2[], $8::text[],
+                $9::text[]) WITH ORDINALITY AS t(s_id, s_v, e_id, e_t, e_sv, p, m, ord)
+    ORDER BY ord
+    RETURNING global_position, event_id, tx_id, recorded_at
+), i AS (
+    INSERT INTO event_ids (event_id, global_position, stream_id, stream_version)
+    SELECT e.event_id, e.global_position, t.s_id, t.s_v
+    FROM e JOIN unnest($5::uuid[], $3::text[], $4::bigint[]) AS t(e_id, s_id, s_v)
+         ON t.e_id = e.event_id
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT
+    (SELECT coalesce(array_agg(stream_id), '{}') FROM s WHERE NOT created) AS existed,
+    (SELECT count(*) FROM i) AS ids_inserted,
+    (SELECT coalesce(array_agg(event_id), '{}') FROM e) AS ids,
+    (SELECT coalesce(array_agg(global_position), '{}') FROM e) AS positions,
+    (SELECT min(tx_id)::text FROM e) AS tx_id,
+    (SELECT min(recorded_at) FROM e) AS recorded_at
+"""
+
+_READ_ALL = """
+SELECT global_position, tx_id::text, recorded_at, stream_id, stream_version, event_id,
+       event_type, schema_version, payload::text, metadata::text
+FROM events
+WHERE (tx_id, global_position) > ($1::text::xid8, $2::bigint)
+  AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx_id, global_position
+LIMIT $3
+"""
+
+_READ_STREAM = """
+SELECT global_position, tx_id::text, recorded_at, stream_id, stream_version, event_id,
+       event_type, schema_version, payload::text, metadata::text
+FROM events WHERE stream_id = $1 AND stream_version >= $2
+ORDER BY stream_version
+"""
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def row_to_event(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        global_position=row[0],
+        tx_id=int(row[1]),
+        recorded_at=row[2],
+        stream_id=row[3],
+        stream_version=row[4],
+        event_id=row[5],
+        event_type=row[6],
+        schema_version=row[7],
+        payload=orjson.loads(row[8]),
+        metadata=orjson.loads(row[9]),
+    )
+
+
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+
+
+class PostgresEventStore:
+    """The production event store. Call `start()` before appending and `close()` when done."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_batch_events: int = 2000,
+        flushers: int = 2,
+        inline: Sequence[InlineProjection] = (),
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._max_batch_events = max_batch_events
+        self._flusher_count = flushers
+        self._inline = tuple(inline)
+        self._on_commit = on_commit
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._flushers: list[asyncio.Task[None]] = []
+        self.flushes = 0  # transactions committed; appends / flushes is the group-commit factor
+
+    async def start(self) -> None:
+        self._flushers = [
+            asyncio.create_task(self._flush_loop(), name=f"segue-flusher-{i}")
+            for i in range(self._flusher_count)
+        ]
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop the flushers."""
+        await self._queue.join()
+        for task in self._flushers:
+            task.cancel()
+        for task in self._flushers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._flushers = []
+
+    async def append(
+        self, events: Sequence[NewEvent], expected: Mapping[str, int] | None = None
+    ) -> AppendResult:
+        if not events:
+            return AppendResult(())
+        if not self._flushers:
+            raise RuntimeError("PostgresEventStore.start() was not called")
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(events, expected or {}, future))
+        # shield: a caller that goes away must not cancel a write other callers share.
+        return await asyncio.shield(future)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            size = len(batch[0].events)
+            while size < self._max_batch_events and not self._queue.empty():
+                pending = self._queue.get_nowait()
+                batch.append(pending)
+                size += len(pending.events)
+            try:
+                await self._flush(batch)
+            except Exception as exc:  # never let one bad flush kill the flusher
+                log.exception("append flush failed")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        for attempt in range(1, MAX_FLUSH_ATTEMPTS + 1):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    results = await self._write(conn, batch)
+            except (_Retry, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                if attempt == MAX_FLUSH_ATTEMPTS:
+                    raise
+                continue
+            except _UNAVAILABLE as exc:
+                # The commit may or may not have happened: say so, and let the client retry with
+                # the same event ids, which is always safe.
+                err = StoreUnavailable(f"event store unavailable: {exc.__class__.__name__}")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+                return
+            self.flushes += 1
+            for p, result in zip(batch, results, strict=True):
+                if p.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    p.future.set_exception(result)
+                else:
+                    p.future.set_result(result)
+            if self._on_commit is not None:
+                self._on_commit()
+            return
+
+    async def _write(
+        self, conn: Connection, batch: list[_Pending]
+    ) -> list[AppendResult | BaseException]:
+        stream_ids = sorted({e.stream_id for p in batch for e in p.events})
+        versions: dict[str, int] = {r[0]: r[1] for r in await conn.fetch(_LOCK_STREAMS, stream_ids)}
+        believed_new = {s for s in stream_ids if s not in versions}
+        known: dict[UUID, Recorded] = {
+            r[0]: Recorded(r[0], r[2], r[3], r[1], duplicate=True)
+            for r in await conn.fetch(_KNOWN_IDS, [e.event_id for p in batch for e in p.events])
+        }
+
+        # Decide each request in queue order, as if they had been appended one after the other.
+        plans: list[list[NewEvent | UUID] | BaseException] = []
+        fresh: list[tuple[NewEvent, int]] = []
+        taken: set[UUID] = set()
+        for p in batch:
+            new_here = [e for e in p.events if e.event_id not in known and e.event_id not in taken]
+            conflict = next(
+                (
+                    WrongExpectedVersion(s, exp, versions.get(s, 0))
+                    for s, exp in p.expected.items()
+                    if versions.get(s, 0) != exp
+                ),
+                None,
+            )
+            if conflict is not None and new_here:
+                plans.append(conflict)
+                continue
+            # A request whose every event is already stored is a retry: it gets the original
+            # result, even if the stream has moved on since.
+            plan: list[NewEvent | UUID] = []
+            for e in p.events:
+                if e.event_id in known or e.event_id in taken:
+                    plan.append(e.event_id)
+                    continue
+                taken.add(e.event_id)
+                version = versions.get(e.stream_id, 0) + 1
+                versions[e.stream_id] = version
+                fresh.append((e, version))
+                plan.append(e)
+            plans.append(plan)
+
+        recorded: dict[UUID, Recorded] = dict(known)
+        if fresh:
+            touched = sorted({e.stream_id for e, _ in fresh})
+            row = await conn.fetchrow(
+                _WRITE,
+                touched,
+                [versions[s] for s in touched],
+                [e.stream_id for e, _ in fresh],
+                [v for _, v in fresh],
+                [e.event_id for e, _ in fresh],
+                [e.event_type for e, _ in fresh],
+                [e.schema_version for e, _ in fresh],
+                [_dumps(e.payload) for e, _ in fresh],
+                [_dumps(e.metadata) for e, _ in fresh],
+            )
+            assert row is not None
+            if row["ids_inserted"] != len(fresh) or believed_new.intersection(row["existed"]):
+                raise _Retry()
+            tx_id = int(row["tx_id"])
+            position_of = dict(zip(row["ids"], row["positions"], strict=True))
+            recorded_at: datetime = row["recorded_at"]
+            stored = [
+                StoredEvent(
+                    global_position=position_of[e.event_id],
+                    tx_id=tx_id,
+                    recorded_at=recorded_at,
+                    stream_id=e.stream_id,
+                    stream_version=v,
+                    event_id=e.event_id,
+                    event_type=e.event_type,
+                    schema_version=e.schema_version,
+                    payload=e.payload,
+                    metadata=e.metadata,
+                )
+                for e, v in fresh
+            ]
+            for s in stored:
+                recorded[s.event_id] = Recorded(
+                    s.event_id, s.stream_id, s.stream_version, s.global_position, duplicate=False
+                )
+            for projection in self._inline:
+                mine = [s for s in stored if s.event_type in projection.event_types]
+                if mine:
+                    await projection.apply(conn, mine)
+
+        results: list[AppendResult | BaseException] = []
+        for plan_or_error in plans:
+            if isinstance(plan_or_error, BaseException):
+                results.append(plan_or_error)
+                continue
+            out: list[Recorded] = []
+            for step in plan_or_error:
+                if isinstance(step, UUID):
+                    original = recorded[step]
+                    out.append(
+                        Recorded(
+                            original.event_id,
+                            original.stream_id,
+                            original.stream_version,
+                            original.global_position,
+                            duplicate=True,
+                        )
+                    )
+                else:
+                    out.append(recorded[step.event_id])
+            results.append(AppendResult(tuple(out)))
+        return results
+
+    async def read_all(self, after: Position, limit: int) -> list[StoredEvent]:
+        rows = await self._pool.fetch(_READ_ALL, str(after.tx_id), after.global_position, limit)
+        return [row_to_event(r) for r in rows]
+
+    async def read_stream(self, stream_id: str, from_version: int = 1) -> list[StoredEvent]:
+        rows = await self._pool.fetch(_READ_STREAM, stream_id, from_version)
+        return [row_to_event(r) for r in rows]
+
+    async def stream_version(self, stream_id: str) -> int:
+        version = await self._pool.fetchval(
+            "SELECT version FROM streams WHERE stream_id = $1", stream_id
+        )
+        return int(version) if version is not None else 0

@@ -1,0 +1,202 @@
+"""HTTP handlers: parse, call one service, serialize. No SQL here."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeVar
+
+import orjson
+import prometheus_client
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from domain.events import ItemUpserted
+from gateway import openapi as openapi_doc
+from gateway.appkeys import CATALOG, OPENAPI, OUTCOMES, POOL, RECOMMENDER
+from gateway.catalog import CatalogItem
+from gateway.problems import ProblemError, from_validation
+from gateway.schemas import (
+    HealthOut,
+    ItemBody,
+    ItemId,
+    ItemOut,
+    ItemsIn,
+    ItemsOut,
+    OutcomesIn,
+    OutcomesOut,
+    PolicyOut,
+    ReadyOut,
+    RecommendationIn,
+    RecommendationOut,
+    SlateItemOut,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+_ITEM_ID: TypeAdapter[str] = TypeAdapter(ItemId)
+
+
+def reply(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=model.model_dump_json().encode(), content_type="application/json"
+    )
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """The body as `model`, or a problem: 415 not JSON, 413 too big, 400 malformed, 422 invalid."""
+    ctype = request.content_type
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise ProblemError(
+            415,
+            "unsupported-media-type",
+            "Unsupported Media Type",
+            f"send application/json, not {ctype or 'no content type'}",
+            field="Content-Type",
+        )
+    raw = await request.read()
+    if not raw.strip():
+        raise ProblemError(400, "empty-body", "Empty body", "a JSON body is required", field="body")
+    return model.model_validate_json(raw)
+
+
+def path_item_id(request: web.Request) -> str:
+    try:
+        return _ITEM_ID.validate_python(request.match_info["item_id"])
+    except ValidationError as exc:
+        raise from_validation(exc, prefix="item_id") from None
+
+
+def item_out(item: CatalogItem | ItemUpserted, version: int, retired: bool = False) -> ItemOut:
+    return ItemOut(
+        item_id=item.item_id,
+        kind=item.kind,
+        attributes=item.attributes,
+        vector=list(item.vector) if item.vector is not None else None,
+        retired=item.retired if isinstance(item, CatalogItem) else retired,
+        version=version,
+    )
+
+
+async def recommend(request: web.Request) -> web.StreamResponse:
+    body = await parse_body(request, RecommendationIn)
+    served = await request.app[RECOMMENDER].recommend(body)
+    return reply(
+        RecommendationOut(
+            recommendation_id=served.recommendation_id,
+            items=[
+                SlateItemOut(
+                    item_id=s.item_id, position=s.position, score=s.score, propensity=s.propensity
+                )
+                for s in served.slate
+            ],
+            policy=PolicyOut(name=served.policy_name, version=served.policy_version),
+            index_version=served.index_version,
+        )
+    )
+
+
+async def record_outcomes(request: web.Request) -> web.StreamResponse:
+    body = await parse_body(request, OutcomesIn)
+    result = await request.app[OUTCOMES].record(body)
+    return reply(OutcomesOut(accepted=result.accepted, duplicates=result.duplicates))
+
+
+def _upserted(body: ItemBody, item_id: str) -> ItemUpserted:
+    return ItemUpserted(
+        item_id=item_id,
+        kind=body.kind.value,
+        attributes=dict(body.attributes),
+        vector=tuple(body.vector) if body.vector is not None else None,
+    )
+
+
+async def upsert_items(request: web.Request) -> web.StreamResponse:
+    body = await parse_body(request, ItemsIn)
+    seen: set[str] = set()
+    for i, it in enumerate(body.items):
+        if it.item_id in seen:
+            raise ProblemError(
+                422,
+                "duplicate-item",
+                "Duplicate item",
+                f"item {it.item_id!r} appears twice in one request",
+                field=f"items[{i}].item_id",
+            )
+        seen.add(it.item_id)
+    stored = await request.app[CATALOG].upsert(_upserted(it, it.item_id) for it in body.items)
+    return reply(ItemsOut(items=[item_out(it, v) for it, v in stored]))
+
+
+async def put_item(request: web.Request) -> web.StreamResponse:
+    item_id = path_item_id(request)
+    body = await parse_body(request, ItemBody)
+    if body.item_id is not None and body.item_id != item_id:
+        raise ProblemError(
+            422,
+            "id-mismatch",
+            "Item id mismatch",
+            "the body's item_id differs from the path's",
+            field="item_id",
+        )
+    [(item, version)] = await request.app[CATALOG].upsert([_upserted(body, item_id)])
+    return reply(item_out(item, version))
+
+
+def _not_found(item_id: str) -> ProblemError:
+    return ProblemError(
+        404, "not-found", "Not Found", f"no item {item_id!r} in the catalogue", field="item_id"
+    )
+
+
+async def get_item(request: web.Request) -> web.StreamResponse:
+    item_id = path_item_id(request)
+    catalog = request.app[CATALOG]
+    item = await catalog.get(item_id)
+    if item is None:
+        raise _not_found(item_id)
+    return reply(item_out(item, await catalog.version(item_id)))
+
+
+async def retire_item(request: web.Request) -> web.StreamResponse:
+    item_id = path_item_id(request)
+    retired = await request.app[CATALOG].retire(item_id)
+    if retired is None:
+        raise _not_found(item_id)
+    item, version = retired
+    return reply(item_out(item, version))
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return reply(HealthOut(status="ok"))
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(1.0):
+            await request.app[POOL].fetchval("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {exc.__class__.__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return reply(
+        ReadyOut(status="ready" if ready else "not ready", checks=checks),
+        status=200 if ready else 503,
+    )
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=orjson.dumps(request.app[OPENAPI]), content_type="application/json")
+
+
+async def docs(request: web.Request) -> web.StreamResponse:
+    return web.Response(
+        text=openapi_doc.render_html(request.app[OPENAPI]), content_type="text/html"
+    )
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    return web.Response(
+        body=prometheus_client.generate_latest(),
+        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+    )

@@ -1,0 +1,40 @@
+"""Prometheus metrics of this process and the middleware that records request figures."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter(
+    "segue_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "segue_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+APPENDED = Counter("segue_events_appended_total", "Events appended (duplicates excluded)")
+FLUSHES = Counter("segue_append_flushes_total", "Group-commit transactions committed")
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    # The route template, not the path, so item ids don't explode the label set.
+    info = request.match_info.route.resource
+    route = info.canonical if info is not None else "unmatched"
+    start = time.perf_counter()
+    status = 500
+    try:
+        response: web.StreamResponse = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        REQUESTS.labels(request.method, route, str(status)).inc()
+        LATENCY.labels(request.method, route).observe(time.perf_counter() - start)

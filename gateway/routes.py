@@ -1,0 +1,148 @@
+"""Every route in one table: the router, the scope check and /openapi.json all read it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from gateway import handlers, schemas
+from gateway.appkeys import KEYS
+from gateway.auth import Scope
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParam:
+    name: str
+    schema: dict[str, object]
+    description: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    scope: Scope | None = None
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    query: tuple[QueryParam, ...] = field(default=())
+    content_type: str = "application/json"
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST",
+        "/v1/recommendations",
+        handlers.recommend,
+        "Recommend a slate of items for one listener",
+        "recommendations",
+        Scope.RECOMMEND,
+        schemas.RecommendationIn,
+        schemas.RecommendationOut,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/outcomes",
+        handlers.record_outcomes,
+        "Report up to 1000 outcomes; all or nothing, idempotent by event_id",
+        "outcomes",
+        Scope.INGEST,
+        schemas.OutcomesIn,
+        schemas.OutcomesOut,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/items",
+        handlers.upsert_items,
+        "Create or replace up to 1000 catalogue items",
+        "catalogue",
+        Scope.CATALOG,
+        schemas.ItemsIn,
+        schemas.ItemsOut,
+    ),
+    Endpoint(
+        "PUT",
+        "/v1/items/{item_id}",
+        handlers.put_item,
+        "Create or replace one catalogue item",
+        "catalogue",
+        Scope.CATALOG,
+        schemas.ItemBody,
+        schemas.ItemOut,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/items/{item_id}",
+        handlers.get_item,
+        "Read one catalogue item",
+        "catalogue",
+        Scope.CATALOG,
+        None,
+        schemas.ItemOut,
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/items/{item_id}",
+        handlers.retire_item,
+        "Retire an item: it is never recommended again",
+        "catalogue",
+        Scope.CATALOG,
+        None,
+        schemas.ItemOut,
+    ),
+    Endpoint(
+        "GET", "/healthz", handlers.healthz, "Liveness", "service", None, None, schemas.HealthOut
+    ),
+    Endpoint(
+        "GET",
+        "/readyz",
+        handlers.readyz,
+        "Readiness: the database answers",
+        "service",
+        None,
+        None,
+        schemas.ReadyOut,
+    ),
+    Endpoint(
+        "GET", "/openapi.json", handlers.openapi, "This API's OpenAPI 3.1 description", "service"
+    ),
+    Endpoint(
+        "GET",
+        "/docs",
+        handlers.docs,
+        "A readable page of this API",
+        "service",
+        content_type="text/html",
+    ),
+    Endpoint(
+        "GET",
+        "/metrics",
+        handlers.metrics,
+        "Prometheus metrics",
+        "service",
+        content_type="text/plain",
+    ),
+)
+
+
+def _guarded(handler: Handler, scope: Scope) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        await request.app[KEYS].require(request.headers.get("Authorization"), scope)
+        return await handler(request)
+
+    return guarded
+
+
+def setup_routes(app: web.Application) -> None:
+    for ep in ENDPOINTS:
+        handler = ep.handler if ep.scope is None else _guarded(ep.handler, ep.scope)
+        app.router.add_route(ep.method, ep.path, handler)

@@ -1,0 +1,220 @@
+"""Request and response schemas: the same models validate requests and generate /openapi.json,
+so the published contract cannot drift from what the gateway enforces.
+
+Models are strict (no "3" for 3, no unknown fields) and parsed straight from JSON bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+
+from domain.events import OutcomeKind
+
+MAX_OUTCOMES = 1000
+MAX_ITEMS = 1000
+MAX_JSON_DEPTH = 8
+MAX_JSON_NODES = 2000
+
+
+def _clean_text(value: str) -> str:
+    # PostgreSQL text and jsonb cannot hold NUL; refusing it here keeps "stored verbatim or a 4xx"
+    # true instead of a 500 from the database.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _clean_json(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    nodes = 0
+
+    def walk(v: JsonValue, depth: int) -> None:
+        nonlocal nodes
+        nodes += 1
+        if nodes > MAX_JSON_NODES:
+            raise ValueError(f"must have at most {MAX_JSON_NODES} values")
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"must be nested at most {MAX_JSON_DEPTH} levels deep")
+        if isinstance(v, str):
+            _clean_text(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("numbers must be finite")
+        elif isinstance(v, dict):
+            for k, child in v.items():
+                _clean_text(k)
+                walk(child, depth + 1)
+        elif isinstance(v, list):
+            for child in v:
+                walk(child, depth + 1)
+
+    walk(value, 0)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_clean_text)]
+UserId = Annotated[
+    Text,
+    Field(min_length=1, max_length=256, description="The listener's id in the client's system"),
+]
+ItemId = Annotated[Text, Field(min_length=1, max_length=256, description="The catalogue's item id")]
+JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_clean_json)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ItemKind(StrEnum):
+    TRACK = "track"
+    EPISODE = "episode"
+    SHOW = "show"
+    ALBUM = "album"
+    ARTIST = "artist"
+    PLAYLIST = "playlist"
+    AUDIOBOOK = "audiobook"
+
+
+class Surface(StrEnum):
+    """Where a slate is shown. `search` and `shelf` rerank the caller's candidates;
+    `podcasts` and `music` restrict the kinds of item."""
+
+    HOME = "home"
+    SEARCH = "search"
+    SHELF = "shelf"
+    PODCASTS = "podcasts"
+    MUSIC = "music"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+# --- outcomes -------------------------------------------------------------------------------
+
+
+class OutcomeIn(_Model):
+    event_id: UUID = Field(description="Client-chosen idempotency key: resending it is harmless")
+    user_id: UserId
+    item_id: ItemId
+    kind: OutcomeKind
+    recommendation_id: UUID | None = Field(
+        default=None, description="The recommendation this outcome came from, if any"
+    )
+    value: Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)] | None = Field(
+        default=None, description="A measure of the outcome, e.g. milliseconds played"
+    )
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="RFC 3339 with a time zone; defaults to the time received"
+    )
+
+
+class OutcomesIn(_Model):
+    outcomes: list[OutcomeIn] = Field(min_length=1, max_length=MAX_OUTCOMES)
+
+
+class OutcomesOut(_Model):
+    accepted: int = Field(description="Outcomes stored by this request")
+    duplicates: int = Field(description="Outcomes whose event_id was already stored")
+
+
+# --- recommendations ------------------------------------------------------------------------
+
+
+class RecommendationIn(_Model):
+    user_id: UserId
+    surface: Surface = Surface.HOME
+    n: Annotated[int, Field(ge=1, le=100)] = 10
+    context: JsonObject = Field(
+        default_factory=dict, description="Free-form request context, logged with the slate"
+    )
+    candidates: Annotated[list[ItemId], Field(min_length=1, max_length=1000)] | None = Field(
+        default=None, description="Rerank mode: rank only these items"
+    )
+    exclude: Annotated[list[ItemId], Field(max_length=1000)] = Field(default_factory=list)
+    kinds: Annotated[list[ItemKind], Field(max_length=len(ItemKind))] = Field(
+        default_factory=list, description="Only items of these kinds"
+    )
+
+
+class SlateItemOut(_Model):
+    item_id: str
+    position: int = Field(description="0-based")
+    score: float
+    propensity: float = Field(
+        description="Probability that the policy put this item at this position"
+    )
+
+
+class PolicyOut(_Model):
+    name: str
+    version: str
+
+
+class RecommendationOut(_Model):
+    recommendation_id: UUID
+    items: list[SlateItemOut]
+    policy: PolicyOut
+    index_version: str
+
+
+# --- catalogue ------------------------------------------------------------------------------
+
+
+class ItemBody(_Model):
+    item_id: ItemId | None = Field(default=None, description="If given, must match the path")
+    kind: ItemKind
+    attributes: JsonObject = Field(default_factory=dict)
+    vector: Annotated[list[FiniteFloat], Field(min_length=1, max_length=1024)] | None = Field(
+        default=None, description="Optional content vector"
+    )
+
+
+class ItemIn(ItemBody):
+    item_id: ItemId
+
+
+class ItemsIn(_Model):
+    items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+class ItemOut(_Model):
+    item_id: str
+    kind: str
+    attributes: dict[str, Any]
+    vector: list[float] | None
+    retired: bool
+    version: int = Field(description="The item stream's version after this change")
+
+
+class ItemsOut(_Model):
+    items: list[ItemOut]
+
+
+# --- service --------------------------------------------------------------------------------
+
+
+class HealthOut(_Model):
+    status: Literal["ok"]
+
+
+class ReadyOut(_Model):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str]
+
+
+class FieldError(_Model):
+    field: str
+    message: str
+    type: str
+
+
+class Problem(_Model):
+    """RFC 9457 problem details; `field` names the first offending field."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    field: str | None = None
+    errors: list[FieldError] | None = None

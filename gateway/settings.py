@@ -1,0 +1,66 @@
+"""Typed settings, read once from `SEGUE_*` environment variables (and a `.env` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "segue"
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told. Unknown `SEGUE_*` variables are an error, not ignored."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEGUE_", env_file=".env", env_file_encoding="utf-8", extra="forbid", frozen=True
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql://user:pass@host:port/db; unset: the embedded pgserver.",
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the embedded database and index files live.",
+    )
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    pool_min_size: Annotated[int, Field(ge=1)] = 2
+    pool_max_size: Annotated[int, Field(ge=1)] = 10
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024 * 1024
+    max_outcomes_per_request: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    group_commit_max_events: Annotated[int, Field(ge=1)] = 2000
+    group_commit_flushers: Annotated[int, Field(ge=1, le=16)] = 2
+    key_cache_seconds: Annotated[float, Field(ge=0)] = 5.0
+    catalog_cache_seconds: Annotated[float, Field(ge=0)] = 1.0
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(
+            ("postgresql://", "postgres://", "postgresql+asyncpg://")
+        ):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The URL in the form asyncpg takes (no SQLAlchemy driver suffix)."""
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The URL in the form SQLAlchemy's asyncpg dialect takes."""
+    return "postgresql+asyncpg://" + asyncpg_dsn(url)[len("postgresql://") :]

@@ -1,0 +1,118 @@
+"""The database schema as SQLAlchemy Core tables: Alembic's target metadata and the one place
+table and column names are spelled. Hot-path statements live next to the code that runs them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+# Alembic's recommended naming convention, so constraint names are stable across migrations.
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class Xid8(sa.types.UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (13+): never wraps, so it orders commits safely."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("global_position", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("tx_id", Xid8(), nullable=False, server_default=sa.text("pg_current_xact_id()")),
+    sa.Column(
+        "recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("stream_id", sa.Text, nullable=False),
+    sa.Column("stream_version", sa.BigInteger, nullable=False),
+    sa.Column("event_id", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("schema_version", sa.SmallInteger, nullable=False),
+    sa.Column("payload", pg.JSONB, nullable=False),
+    sa.Column("metadata", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    # Readers page through commits in (tx_id, global_position) order.
+    sa.Index("ix_events_tx_position", "tx_id", "global_position"),
+    sa.Index("ix_events_stream", "stream_id", "stream_version"),
+    sa.Index("ix_events_recorded_at_brin", "recorded_at", postgresql_using="brin"),
+)
+
+# Optimistic concurrency lives here, not in a unique index on events, so that events can later be
+# partitioned by time (a partitioned table's unique indexes must include the partition key).
+streams = sa.Table(
+    "streams",
+    metadata,
+    sa.Column("stream_id", sa.Text, primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+# Idempotency: one row per client event id, pointing at where the original landed.
+event_ids = sa.Table(
+    "event_ids",
+    metadata,
+    sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("global_position", sa.BigInteger, nullable=False),
+    sa.Column("stream_id", sa.Text, nullable=False),
+    sa.Column("stream_version", sa.BigInteger, nullable=False),
+)
+
+# The only place a listener's own identifier is kept. Events and projections hold the pseudonym;
+# erasure deletes the row, after which the log can no longer be linked to the person.
+listeners = sa.Table(
+    "listeners",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column(
+        "pseudonym",
+        pg.UUID(as_uuid=True),
+        nullable=False,
+        unique=True,
+        server_default=sa.text("gen_random_uuid()"),
+    ),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    # SHA-256 of the whole key: keys are 256-bit random, so a slow KDF would add nothing.
+    sa.Column("key_hash", sa.LargeBinary, nullable=False, unique=True),
+    sa.Column("scopes", pg.ARRAY(sa.Text), nullable=False),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+# The live catalogue, kept by the append transaction that records ItemUpserted/ItemRetired, so a
+# request can be answered from an item the moment its upsert was acknowledged.
+catalog_items = sa.Table(
+    "catalog_items",
+    metadata,
+    sa.Column("item_id", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("attributes", pg.JSONB, nullable=False),
+    sa.Column("vector", pg.ARRAY(sa.Float), nullable=True),
+    sa.Column("retired", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("global_position", sa.BigInteger, nullable=False),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)

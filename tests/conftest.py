@@ -1,0 +1,111 @@
+"""Shared fixtures: a real PostgreSQL for every storage test.
+
+`SEGUE_TEST_DATABASE_URL` names a server to use (its database is only used to connect); without
+it an embedded server is started in a temporary folder. Either way this run creates its own
+databases: one migrated template, then one fresh copy per test that asks for `db_url`, so tests
+never see each other's data, and drops them all at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from gateway.database import create_pool, migrate
+from gateway.event_store import PostgresEventStore
+
+RUN_ID = secrets.token_hex(4)
+_counter = itertools.count()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    url = os.environ.get("SEGUE_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from gateway.embedded import start_embedded
+
+    folder = Path(tempfile.mkdtemp(prefix="segue-test-pg-"))
+    url, server = start_embedded(folder)
+    try:
+        yield url
+    finally:
+        server.cleanup()
+
+
+async def _admin(server_url: str, *sql: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        for statement in sql:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_url(server_url: str) -> Iterator[str]:
+    name = f"segue_t{RUN_ID}_template"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    url = _with_database(server_url, name)
+    asyncio.run(migrate(url))
+    try:
+        yield url
+    finally:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def db_url(server_url: str, template_url: str) -> AsyncIterator[str]:
+    """A freshly migrated database of this test's own."""
+    template = urlsplit(template_url).path.lstrip("/")
+    name = f"segue_t{RUN_ID}_{next(_counter)}"
+    await _admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_db_url(server_url: str) -> AsyncIterator[str]:
+    """A database with no schema at all, for migration tests."""
+    name = f"segue_t{RUN_ID}_{next(_counter)}_empty"
+    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(db_url, min_size=1, max_size=20)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+async def pg_store(pool: asyncpg.Pool) -> AsyncIterator[PostgresEventStore]:
+    store = PostgresEventStore(pool)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
