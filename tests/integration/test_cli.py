@@ -1,0 +1,136 @@
+"""The `segue` CLI as a user runs it: real processes, a real database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SEGUE = [sys.executable, "-m", "gateway.cli"]
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SEGUE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def env(db_url: str, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "SEGUE_DATABASE_URL": db_url, "SEGUE_DATA_DIR": str(tmp_path)}
+
+
+async def test_keys_create_list_revoke(env: dict[str, str], db_url: str) -> None:
+    created = run(["keys", "create", "--name", "ingest-bot", "--scopes", "ingest,recommend"], env)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("sk_") and "\n" not in secret  # the key alone, on stdout
+    key_id = secret.split("_")[1]
+
+    listed = run(["keys", "list"], env)
+    assert key_id in listed.stdout and "ingest-bot" in listed.stdout
+    assert secret not in listed.stdout
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        stored = await conn.fetchrow("SELECT * FROM api_keys WHERE key_id = $1", key_id)
+        assert stored is not None
+        assert secret.encode() not in bytes(stored["key_hash"])
+        assert sorted(stored["scopes"]) == ["ingest", "recommend"]
+    finally:
+        await conn.close()
+
+    revoked = run(["keys", "revoke", key_id], env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked" in run(["keys", "list"], env).stdout
+    again = run(["keys", "revoke", key_id], env)
+    assert again.returncode != 0 and "no active key" in again.stderr
+
+
+def test_keys_create_rejects_unknown_scope(env: dict[str, str]) -> None:
+    result = run(["keys", "create", "--name", "x", "--scopes", "recommend,root"], env)
+    assert result.returncode == 2
+    assert "unknown scope 'root'" in result.stderr
+
+
+def test_bad_configuration_is_named(env: dict[str, str]) -> None:
+    result = run(["db", "current"], {**env, "SEGUE_PORT": "eighty"})
+    assert result.returncode != 0
+    assert "SEGUE_PORT" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the server exited"
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail("the server did not become ready")
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGUE_")}
+    env.pop("XDG_RUNTIME_DIR", None)  # what a new user's shell may well lack
+    env["SEGUE_DATA_DIR"] = str(tmp_path / "data")
+    yield env
+
+
+@pytest.mark.timeout(180)
+def test_serve_on_the_embedded_database(embedded_env: dict[str, str]) -> None:
+    """No SEGUE_DATABASE_URL: `segue serve` starts PostgreSQL itself, migrates and serves."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*SEGUE, "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=embedded_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, proc)
+        # A second process joins the same embedded server.
+        created = run(["keys", "create", "--name", "t", "--scopes", "catalog,recommend"],
+                      embedded_env)
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.strip()
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        put = urllib.request.Request(
+            base + "/v1/items/tr-1", data=b'{"kind": "track"}', headers=headers, method="PUT"
+        )
+        with urllib.request.urlopen(put, timeout=10) as resp:
+            assert resp.status == 200
+        rec = urllib.request.Request(
+            base + "/v1/recommendations", data=b'{"user_id": "u1"}', headers=headers,
+            method="POST",
+        )
+        with urllib.request.urlopen(rec, timeout=10) as resp:
+            assert b'"item_id":"tr-1"' in resp.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "RuntimeDirWarning" not in output
