@@ -65,7 +65,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 async def _event_store(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    projection = CatalogProjection(on_change=lambda: app[CATALOG].invalidate())
+    projection = CatalogProjection()
 
     def committed() -> None:
         FLUSHES.inc()

@@ -110,7 +110,9 @@ class KeyVerifier:
         return key
 
     async def require(self, authorization: str | None, scope: Scope) -> ApiKey:
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:  # the scheme is case-insensitive (RFC 9110)
             raise ProblemError(
                 401,
                 "unauthorized",
@@ -119,7 +121,7 @@ class KeyVerifier:
                 field="Authorization",
                 headers={"WWW-Authenticate": 'Bearer realm="segue"'},
             )
-        key = await self.lookup(authorization[len("Bearer ") :].strip())
+        key = await self.lookup(token)
         if key is None:
             raise ProblemError(
                 401,

@@ -18,7 +18,7 @@ import orjson
 
 from domain.events import ItemRetired, ItemUpserted, to_payload
 from gateway.event_store import Connection
-from gateway.store_api import EventStore, NewEvent, StoredEvent
+from gateway.store_api import EventStore, NewEvent, StoredEvent, WrongExpectedVersion
 
 _UPSERT = """
 INSERT INTO catalog_items (item_id, kind, attributes, vector, retired, global_position)
@@ -43,9 +43,6 @@ class CatalogProjection:
     """Inline projection of ItemUpserted / ItemRetired into `catalog_items`."""
 
     event_types = frozenset({ItemUpserted.TYPE, ItemRetired.TYPE})
-
-    def __init__(self, on_change: Any = None) -> None:
-        self._on_change = on_change
 
     async def apply(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         # Fold the batch to one final state per item: the last event for an item wins.
@@ -73,8 +70,6 @@ class CatalogProjection:
             )
         if retires:
             await conn.execute(_RETIRE, list(retires), list(retires.values()))
-        if self._on_change is not None:
-            self._on_change()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,20 +90,28 @@ class Catalog:
         self._ttl = cache_seconds
         self._loaded_at = -1e18
         self._live: dict[str, str] = {}
+        # Bumped by every change this process makes; a load that raced one is not cached.
+        self._generation = 0
 
     def invalidate(self) -> None:
+        """Called after a change has committed, so the next read sees it."""
+        self._generation += 1
         self._loaded_at = -1e18
 
     async def live(self) -> dict[str, str]:
         """item id -> kind, for every item not retired."""
         now = time.monotonic()
-        if now - self._loaded_at >= self._ttl:
+        if now - self._loaded_at < self._ttl:
+            return self._live
+        while True:
+            generation = self._generation
             rows = await self._pool.fetch(
                 "SELECT item_id, kind FROM catalog_items WHERE NOT retired"
             )
-            self._live = {r[0]: r[1] for r in rows}
-            self._loaded_at = now
-        return self._live
+            live = {r[0]: r[1] for r in rows}
+            if generation == self._generation:
+                self._live, self._loaded_at = live, now
+                return live
 
     async def get(self, item_id: str) -> CatalogItem | None:
         row = await self._pool.fetchrow(
@@ -134,28 +137,29 @@ class Catalog:
                 for it in items
             ]
         )
+        self.invalidate()
         return [(it, r.stream_version) for it, r in zip(items, result.recorded, strict=True)]
 
     async def retire(self, item_id: str) -> tuple[CatalogItem, int] | None:
-        """Retire an item; None if it was never in the catalogue. Retiring twice is harmless."""
-        current = await self.get(item_id)
-        if current is None:
-            return None
-        if current.retired:
-            return current, await self.version(item_id)
+        """Retire an item; None if it was never in the catalogue. Retiring twice is harmless,
+        and concurrent retires append one event (the stream version decides)."""
         event = ItemRetired(item_id)
-        result = await self._store.append(
-            [
-                NewEvent(
-                    uuid.uuid4(),
-                    event.stream_id(),
-                    event.TYPE,
-                    event.SCHEMA_VERSION,
-                    to_payload(event),
-                )
-            ]
-        )
-        retired = CatalogItem(
-            current.item_id, current.kind, current.attributes, current.vector, True
-        )
-        return retired, result.recorded[0].stream_version
+        while True:
+            current = await self.get(item_id)
+            if current is None:
+                return None
+            version = await self.version(item_id)
+            if current.retired:
+                return current, version
+            new = NewEvent(
+                uuid.uuid4(), event.stream_id(), event.TYPE, event.SCHEMA_VERSION, to_payload(event)
+            )
+            try:
+                result = await self._store.append([new], expected={event.stream_id(): version})
+            except WrongExpectedVersion:
+                continue  # someone changed the item meanwhile: look again
+            self.invalidate()
+            retired = CatalogItem(
+                current.item_id, current.kind, current.attributes, current.vector, True
+            )
+            return retired, result.recorded[0].stream_version

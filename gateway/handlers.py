@@ -53,6 +53,14 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
             f"send application/json, not {ctype or 'no content type'}",
             field="Content-Type",
         )
+    if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+        raise ProblemError(
+            415,
+            "unsupported-media-type",
+            "Unsupported Media Type",
+            f"JSON is UTF-8; charset={request.charset} is not accepted",
+            field="Content-Type",
+        )
     raw = await request.read()
     if not raw.strip():
         raise ProblemError(400, "empty-body", "Empty body", "a JSON body is required", field="body")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
@@ -15,6 +15,9 @@ from gateway.listeners import Pseudonyms
 from gateway.problems import ProblemError
 from gateway.schemas import OutcomesIn
 from gateway.store_api import AppendResult, EventStore, NewEvent
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_SKEW = timedelta(days=1)  # client clocks run ahead; further than this is a bug, not skew
 
 _SLATES = """
 SELECT stream_id, payload->'slate' FROM events
@@ -85,8 +88,17 @@ class OutcomeRecorder:
                     f"item {o.item_id!r} was not in recommendation {o.recommendation_id}",
                     field=f"outcomes[{i}].item_id",
                 )
-        users = await self._pseudonyms.resolve(o.user_id for o in outcomes)
         now = self._clock()
+        for i, o in enumerate(outcomes):
+            if o.occurred_at is not None and not EARLIEST <= o.occurred_at <= now + MAX_SKEW:
+                raise ProblemError(
+                    422,
+                    "validation",
+                    "Invalid request",
+                    f"occurred_at must be between {EARLIEST.date()} and a day from now",
+                    field=f"outcomes[{i}].occurred_at",
+                )
+        users = await self._pseudonyms.resolve(o.user_id for o in outcomes)
         events = []
         for o in outcomes:
             event = OutcomeRecorded(

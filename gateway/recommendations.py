@@ -79,7 +79,9 @@ class Recommender:
         await self._store.append(
             [
                 NewEvent(
-                    recommendation_id,
+                    # Its own event id: a client reusing a recommendation id as an outcome's
+                    # event id must not be answered "duplicate".
+                    uuid.uuid4(),
                     event.stream_id(),
                     event.TYPE,
                     event.SCHEMA_VERSION,

@@ -43,6 +43,9 @@ def _clean_json(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
             _clean_text(v)
         elif isinstance(v, float) and not math.isfinite(v):
             raise ValueError("numbers must be finite")
+        elif isinstance(v, int) and not -(2**63) <= v < 2**64:
+            # orjson (and most JSON consumers) stop at 64 bits.
+            raise ValueError("integers must fit in 64 bits")
         elif isinstance(v, dict):
             for k, child in v.items():
                 _clean_text(k)
@@ -56,11 +59,17 @@ def _clean_json(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
 
 
 Text = Annotated[str, AfterValidator(_clean_text)]
+# Length first, then the NUL check, so a too-long id is explained in characters.
 UserId = Annotated[
-    Text,
+    str,
     Field(min_length=1, max_length=256, description="The listener's id in the client's system"),
+    AfterValidator(_clean_text),
 ]
-ItemId = Annotated[Text, Field(min_length=1, max_length=256, description="The catalogue's item id")]
+ItemId = Annotated[
+    str,
+    Field(min_length=1, max_length=256, description="The catalogue's item id"),
+    AfterValidator(_clean_text),
+]
 JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_clean_json)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 

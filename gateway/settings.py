@@ -36,7 +36,6 @@ class Settings(BaseSettings):
     pool_min_size: Annotated[int, Field(ge=1)] = 2
     pool_max_size: Annotated[int, Field(ge=1)] = 10
     max_body_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024 * 1024
-    max_outcomes_per_request: Annotated[int, Field(ge=1, le=10_000)] = 1000
     group_commit_max_events: Annotated[int, Field(ge=1)] = 2000
     group_commit_flushers: Annotated[int, Field(ge=1, le=16)] = 2
     key_cache_seconds: Annotated[float, Field(ge=0)] = 5.0

@@ -14,6 +14,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -69,27 +70,30 @@ def template_url(server_url: str) -> Iterator[str]:
         asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture
-async def db_url(server_url: str, template_url: str) -> AsyncIterator[str]:
-    """A freshly migrated database of this test's own."""
-    template = urlsplit(template_url).path.lstrip("/")
+@asynccontextmanager
+async def fresh_database(server_url: str, template_url: str | None) -> AsyncIterator[str]:
+    """A new database on the test server: a copy of the migrated template, or empty."""
     name = f"segue_t{RUN_ID}_{next(_counter)}"
-    await _admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    template = f' TEMPLATE "{urlsplit(template_url).path.lstrip("/")}"' if template_url else ""
+    await _admin(server_url, f'CREATE DATABASE "{name}"{template}')
     try:
         yield _with_database(server_url, name)
     finally:
         await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def db_url(server_url: str, template_url: str) -> AsyncIterator[str]:
+    """A freshly migrated database of this test's own."""
+    async with fresh_database(server_url, template_url) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_db_url(server_url: str) -> AsyncIterator[str]:
     """A database with no schema at all, for migration tests."""
-    name = f"segue_t{RUN_ID}_{next(_counter)}_empty"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_database(server_url, name)
-    finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with fresh_database(server_url, None) as url:
+        yield url
 
 
 @pytest.fixture

@@ -87,7 +87,8 @@ def test_plain_alembic_and_segue_db(empty_db_url: str) -> None:
     r = _run([*alembic, "upgrade", "head"], empty_db_url)
     assert r.returncode == 0, r.stderr
     r = _run([*segue, "db", "current"], empty_db_url)
-    assert r.returncode == 0 and r.stdout.strip() == revisions_in_order()[-1], r.stderr
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == revisions_in_order()[-1]
     r = _run([*segue, "db", "downgrade", "base"], empty_db_url)
     assert r.returncode == 0, r.stderr
     r = _run([*segue, "db", "current"], empty_db_url)

@@ -57,8 +57,12 @@ def test_payload_round_trip(event: object) -> None:
 
 
 def test_every_type_is_registered_with_a_version() -> None:
-    assert set(EVENT_TYPES) == {"ItemUpserted", "ItemRetired", "RecommendationServed",
-                                "OutcomeRecorded"}
+    assert set(EVENT_TYPES) == {
+        "ItemUpserted",
+        "ItemRetired",
+        "RecommendationServed",
+        "OutcomeRecorded",
+    }
     assert all(cls.SCHEMA_VERSION >= 1 for cls in EVENT_TYPES.values())
 
 
@@ -80,7 +84,7 @@ def test_recommendation_served_v1_payload_upcasts() -> None:
     event = decode("RecommendationServed", 1, v1)
     assert isinstance(event, RecommendationServed)
     assert (event.policy_name, event.policy_version) == ("uniform", "1")
-    assert event.n == 2 and event.candidates is None and event.exclude == ()
+    assert (event.n, event.candidates, event.exclude) == (2, None, ())
     assert [s.item_id for s in event.slate] == ["tr-1", "tr-2"]
     # The upcast payload is exactly what the current version writes for the same event.
     assert upcast("RecommendationServed", 1, v1) == to_payload(event)

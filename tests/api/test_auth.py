@@ -1,0 +1,208 @@
+"""Every /v1 route needs a bearer key with its scope, checked before anything else is looked at;
+keys can be revoked; only a hash of a key is ever stored.
+
+The routes come from `gateway.routes.ENDPOINTS`, so a route added there is covered here (and a
+route with a new body model fails `test_every_guarded_route_is_covered` until it gets one below).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from pydantic import BaseModel
+
+from gateway import schemas
+from gateway.auth import Scope, create_key, revoke_key
+from gateway.routes import ENDPOINTS, Endpoint
+from tests.api.conftest import Api, KeyMaker, expect_problem, unhandled_loop_errors_fail
+
+# Many small requests that leave each other alone: one gateway and database for the module.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module", autouse=True)
+async def _no_unhandled_loop_errors() -> AsyncIterator[None]:
+    with unhandled_loop_errors_fail():
+        yield
+
+
+@pytest.fixture
+def api(shared_api: Api) -> Api:
+    return shared_api
+
+
+@pytest.fixture
+def db(shared_db: asyncpg.Connection) -> asyncpg.Connection:
+    return shared_db
+
+
+@pytest.fixture
+def make_key(shared_make_key: KeyMaker) -> KeyMaker:
+    return shared_make_key
+
+
+def _valid_bodies() -> dict[type[BaseModel], Any]:
+    return {
+        schemas.RecommendationIn: {"user_id": "auth-user", "surface": "home", "n": 3},
+        schemas.OutcomesIn: {
+            "outcomes": [
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "user_id": "auth-user",
+                    "item_id": "auth-item",
+                    "kind": "save",
+                }
+            ]
+        },
+        schemas.ItemsIn: {"items": [{"item_id": "auth-item", "kind": "track"}]},
+        schemas.ItemBody: {"kind": "track", "attributes": {"from": "auth"}},
+    }
+
+
+GUARDED = [ep for ep in ENDPOINTS if ep.scope is not None]
+OPEN = [ep for ep in ENDPOINTS if ep.scope is None]
+
+
+def _ids(ep: Endpoint) -> str:
+    return f"{ep.method} {ep.path}"
+
+
+async def call(api: Api, ep: Endpoint, *, headers: dict[str, str] | None = None) -> Any:
+    """Call `ep` with a valid body and path, sending only the Authorization given in `headers`."""
+    path = ep.path.replace("{item_id}", "auth-item")
+    payload = _valid_bodies()[ep.body] if ep.body is not None else None
+    return await api.request(ep.method, path, json=payload, headers=headers, key=None)
+
+
+async def test_every_guarded_route_is_covered() -> None:
+    assert GUARDED, "no guarded routes found in ENDPOINTS"
+    assert {p for ep in GUARDED for p in [ep.path] if "{" in p} <= {"/v1/items/{item_id}"}
+    for ep in GUARDED:
+        assert ep.body is None or ep.body in _valid_bodies(), f"no valid body for {_ids(ep)}"
+
+
+@pytest.mark.parametrize("ep", GUARDED, ids=_ids)
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer sk_deadbeef_not-a-real-key",
+        "Bearer ",
+        "Bearer",
+        "Basic dXNlcjpwYXNz",
+        "sk_deadbeef_not-a-real-key",
+    ],
+    ids=["missing", "unknown-key", "empty-key", "scheme-only", "basic", "no-scheme"],
+)
+async def test_without_a_known_key_every_v1_route_is_401(
+    api: Api, ep: Endpoint, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else None
+    reply = await call(api, ep, headers=headers)
+    expect_problem(reply, 401, "Authorization", kind="unauthorized")
+    assert reply.headers.get("WWW-Authenticate", "").startswith("Bearer")
+
+
+@pytest.mark.parametrize("ep", GUARDED, ids=_ids)
+async def test_a_real_key_without_its_scheme_or_with_junk_is_401(
+    api: Api, make_key: KeyMaker, ep: Endpoint
+) -> None:
+    key = await make_key(*Scope)
+    for authorization in (key, f"Bearer {key}x", f"Bearer {key} {key}", f"Token {key}"):
+        reply = await call(api, ep, headers={"Authorization": authorization})
+        expect_problem(reply, 401, "Authorization")
+
+
+@pytest.mark.parametrize("ep", GUARDED, ids=_ids)
+@pytest.mark.parametrize("others", [True, False], ids=["every-other-scope", "no-scope"])
+async def test_a_key_lacking_the_scope_is_403(
+    api: Api, make_key: KeyMaker, ep: Endpoint, others: bool
+) -> None:
+    assert ep.scope is not None
+    scopes = [s for s in Scope if s != ep.scope] if others else []
+    key = await make_key(*scopes)
+    reply = await call(api, ep, headers={"Authorization": f"Bearer {key}"})
+    problem = expect_problem(reply, 403, "Authorization", kind="forbidden")
+    assert ep.scope.value in problem["detail"]
+
+
+@pytest.mark.parametrize("ep", GUARDED, ids=_ids)
+async def test_a_key_with_just_the_scope_is_let_through(
+    api: Api, make_key: KeyMaker, ep: Endpoint
+) -> None:
+    assert ep.scope is not None
+    key = await make_key(ep.scope)
+    reply = await call(api, ep, headers={"Authorization": f"Bearer {key}"})
+    assert reply.status not in (401, 403), reply.body
+    assert reply.status < 500, reply.body
+    if ep.method != "GET" and ep.method != "DELETE":
+        assert reply.status == 200, reply.body
+
+
+@pytest.mark.parametrize("ep", GUARDED, ids=_ids)
+async def test_the_key_is_checked_before_the_body(api: Api, ep: Endpoint) -> None:
+    """No key and a broken body: 401, so nothing about the API's validation leaks."""
+    path = ep.path.replace("{item_id}", "x" * 300)
+    reply = await api.request(
+        ep.method, path, data=b"{not json", headers={"Content-Type": "text/plain"}, key=None
+    )
+    expect_problem(reply, 401, "Authorization")
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+async def test_the_bearer_scheme_is_case_insensitive(
+    api: Api, make_key: KeyMaker, scheme: str
+) -> None:
+    """RFC 9110 section 11.1: the authentication scheme is a case-insensitive token."""
+    key = await make_key(Scope.CATALOG)
+    reply = await api.get(
+        "/v1/items/auth-item", headers={"Authorization": f"{scheme} {key}"}, key=None
+    )
+    assert reply.status not in (401, 403), reply.body
+
+
+@pytest.mark.parametrize("ep", OPEN, ids=_ids)
+async def test_service_routes_need_no_key(api: Api, ep: Endpoint) -> None:
+    reply = await api.request(ep.method, ep.path, key=None)
+    assert reply.status == 200, reply.body
+
+
+async def test_a_revoked_key_is_refused_at_once(api: Api, db: asyncpg.Connection) -> None:
+    key, secret = await create_key(db, "to-revoke", frozenset(Scope))
+    bearer = {"Authorization": f"Bearer {secret}"}
+    reply = await api.get("/v1/items/auth-item", headers=bearer, key=None)
+    assert reply.status not in (401, 403), reply.body
+    assert await revoke_key(db, key.key_id)
+    for ep in GUARDED:
+        reply = await call(api, ep, headers=bearer)
+        expect_problem(reply, 401, "Authorization")
+    # Revoking one key leaves the others alone.
+    reply = await api.get("/v1/items/auth-item")
+    assert reply.status not in (401, 403), reply.body
+
+
+async def test_only_a_hash_of_the_key_is_stored(db: asyncpg.Connection) -> None:
+    key, secret = await create_key(db, "hashed", frozenset({Scope.INGEST}))
+    row = await db.fetchrow(
+        "SELECT row_to_json(k)::text, key_hash FROM api_keys k WHERE key_id = $1", key.key_id
+    )
+    assert row is not None
+    stored_text, key_hash = row[0], bytes(row[1])
+    secret_part = secret.rsplit("_", 1)[-1]
+    assert secret_part not in stored_text
+    assert secret_part.encode().hex() not in stored_text
+    assert key_hash == hashlib.sha256(secret.encode()).digest()
+    # And nowhere else in the database either.
+    dump = await db.fetchval(
+        "SELECT string_agg(t::text, ' ') FROM ("
+        " SELECT row_to_json(a)::text AS t FROM api_keys a"
+        " UNION ALL SELECT payload::text FROM events"
+        " UNION ALL SELECT metadata::text FROM events) s"
+    )
+    assert secret_part not in (dump or "")
