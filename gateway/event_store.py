@@ -1,9 +1,10 @@
 """The PostgreSQL event store: group-committed appends, commit-safe reads.
 
 Appends from concurrent requests are queued and written by a few flusher tasks, each turning
-everything waiting into one transaction: lock the touched stream rows, look up known event ids,
-check expected versions in Python, then one statement that upserts stream versions, inserts the
-events and records their ids. A caller's future resolves only after that transaction commits.
+everything waiting into one transaction: lock the touched streams, read their versions and the
+known event ids, check expected versions in Python, then one statement that upserts stream
+versions, inserts the events and records their ids. A caller's future resolves only after that
+transaction commits.
 
 Readers page by `(tx_id, global_position)` below `pg_snapshot_xmin`, so an event whose transaction
 is still open (and every event after it in commit order) is not read until it has committed or
@@ -64,14 +65,34 @@ class _Pending:
     future: asyncio.Future[AppendResult]
 
 
-_LOCK_STREAMS = """
-SELECT stream_id, version FROM streams
-WHERE stream_id = ANY($1::text[]) ORDER BY stream_id FOR UPDATE
+# Streams are locked with transaction-scoped advisory locks, not row locks, because readers order
+# by transaction id: taking a row lock gives the transaction its id, so a writer that locked one
+# stream and then queued for another behind a faster writer would hold the smaller id while
+# writing the later versions, and readers would see that stream out of order. Advisory locks
+# assign no id; the first write does, after every lock is held, so whoever waited for a stream
+# always has the larger id. They also cover streams that do not exist yet, and write no WAL.
+# Unlike row locks they take room in the server's shared lock table (about 64 per connection by
+# default), so streams share a bounded number of keys: a flush holds at most that many, and two
+# flushes that share a key simply take turns. Keys are taken in one order so that flushes cannot
+# deadlock. The two-key form keeps clear of other advisory lock users, which use the one-key form
+# or another first key.
+STREAM_LOCK_KEYS = 128
+
+_LOCK_STREAMS = f"""
+SELECT count(pg_advisory_xact_lock(hashtext('segue.streams'), k))
+FROM (
+    SELECT DISTINCT hashtext(s) & {STREAM_LOCK_KEYS - 1} AS k
+    FROM unnest($1::text[]) AS s ORDER BY k
+) AS keys
 """
 
-_KNOWN_IDS = """
-SELECT event_id, global_position, stream_id, stream_version FROM event_ids
-WHERE event_id = ANY($1::uuid[])
+# A statement of its own after the locks, so that its snapshot includes the commits waited for.
+_READ_STATE = """
+SELECT stream_id, version, NULL::uuid, NULL::bigint FROM streams
+WHERE stream_id = ANY($1::text[])
+UNION ALL
+SELECT stream_id, stream_version, event_id, global_position FROM event_ids
+WHERE event_id = ANY($2::uuid[])
 """
 
 _WRITE = """
@@ -253,13 +274,23 @@ class PostgresEventStore:
     async def _write(
         self, conn: Connection, batch: list[_Pending]
     ) -> list[AppendResult | BaseException]:
-        stream_ids = sorted({e.stream_id for p in batch for e in p.events})
-        versions: dict[str, int] = {r[0]: r[1] for r in await conn.fetch(_LOCK_STREAMS, stream_ids)}
+        # Streams that are only expected, not written, are locked too: the check must still
+        # hold when the transaction commits.
+        stream_ids = sorted(
+            {e.stream_id for p in batch for e in p.events}.union(*(p.expected for p in batch))
+        )
+        await conn.execute(_LOCK_STREAMS, stream_ids)
+        event_ids = [e.event_id for p in batch for e in p.events]
+        versions: dict[str, int] = {}
+        known: dict[UUID, Recorded] = {}
+        for stream_id, version, event_id, position in await conn.fetch(
+            _READ_STATE, stream_ids, event_ids
+        ):
+            if event_id is None:
+                versions[stream_id] = version
+            else:
+                known[event_id] = Recorded(event_id, stream_id, version, position, duplicate=True)
         believed_new = {s for s in stream_ids if s not in versions}
-        known: dict[UUID, Recorded] = {
-            r[0]: Recorded(r[0], r[2], r[3], r[1], duplicate=True)
-            for r in await conn.fetch(_KNOWN_IDS, [e.event_id for p in batch for e in p.events])
-        }
 
         # Decide each request in queue order, as if they had been appended one after the other.
         plans: list[list[NewEvent | UUID] | BaseException] = []

@@ -47,9 +47,9 @@ async def _no_unhandled_loop_errors() -> AsyncIterator[None]:
     assert not seen, f"unhandled errors in the event loop: {seen}"
 
 
-def event(stream_id: str, n: int = 0, *, event_id: UUID | None = None) -> NewEvent:
+def event(stream_id: str, n: int = 0) -> NewEvent:
     return NewEvent(
-        event_id=event_id or uuid4(),
+        event_id=uuid4(),
         stream_id=stream_id,
         event_type="OutcomeRecorded",
         schema_version=1,
@@ -275,4 +275,3 @@ async def test_empty_append_does_nothing(store: EventStore) -> None:
     assert result.recorded == ()
     assert (result.accepted, result.duplicates) == (0, 0)
     assert await everything(store) == []
-
