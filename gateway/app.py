@@ -3,9 +3,12 @@ failure half-way through start-up unwinds what was already opened, in reverse.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
+import asyncpg
 from aiohttp import web
 from tenacity import (
     AsyncRetrying,
@@ -24,6 +27,8 @@ from gateway.appkeys import (
     POOL,
     PSEUDONYMS,
     RECOMMENDER,
+    REWARDS,
+    RUNNERS,
     SETTINGS,
     STORE,
 )
@@ -32,11 +37,14 @@ from gateway.catalog import Catalog, CatalogProjection
 from gateway.database import create_pool
 from gateway.event_store import PostgresEventStore
 from gateway.listeners import Pseudonyms
-from gateway.metrics import FLUSHES, metrics_middleware
+from gateway.metrics import FLUSHES, metrics_middleware, publish_lag
 from gateway.openapi import build_spec
 from gateway.outcomes import OutcomeRecorder, SlateLookup
 from gateway.problems import UNAVAILABLE, problem_middleware
+from gateway.projector import Runner, all_projections
+from gateway.projector import status as projection_status
 from gateway.recommendations import Recommender
+from gateway.rewards_reader import LiveVersions, RewardsReader
 from gateway.routes import ENDPOINTS, setup_routes
 from gateway.settings import Settings
 
@@ -69,6 +77,9 @@ async def _event_store(app: web.Application) -> AsyncIterator[None]:
 
     def committed() -> None:
         FLUSHES.inc()
+        # Wake the in-process projectors now rather than at their next poll.
+        for runner in app.get(RUNNERS, ()):
+            runner.wake()
 
     store = PostgresEventStore(
         app[POOL],
@@ -90,7 +101,35 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[RECOMMENDER] = Recommender(store, app[CATALOG], app[PSEUDONYMS], clock)
     app[OUTCOMES] = OutcomeRecorder(store, SlateLookup(pool), app[PSEUDONYMS], clock)
     app[KEYS] = KeyVerifier(pool, settings.key_cache_seconds)
+    app[REWARDS] = RewardsReader(pool, LiveVersions(pool))
     yield
+
+
+async def _projectors(app: web.Application) -> AsyncIterator[None]:
+    """Single-node mode: the projectors run in the gateway process."""
+    settings = app[SETTINGS]
+    runners = (
+        [Runner(app[DSN], p, batch_size=settings.projector_batch_size) for p in all_projections()]
+        if settings.run_projectors
+        else []
+    )
+    app[RUNNERS] = runners
+    tasks = [asyncio.create_task(r.run(), name=f"projector-{r.projection.name}") for r in runners]
+    tasks.append(asyncio.create_task(_watch_lag(app[POOL]), name="lag-monitor"))
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _watch_lag(pool: asyncpg.Pool, every: float = 5.0) -> None:
+    """Keep the lag gauges current even when nobody asks for the status."""
+    while True:
+        with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
+            publish_lag(await projection_status(pool))
+        await asyncio.sleep(every)
 
 
 def create_app(
@@ -105,6 +144,6 @@ def create_app(
     app[DSN] = dsn
     app[CLOCK] = clock
     app[OPENAPI] = build_spec(ENDPOINTS)
-    app.cleanup_ctx.extend([_database, _event_store, _services])
+    app.cleanup_ctx.extend([_database, _event_store, _services, _projectors])
     setup_routes(app)
     return app

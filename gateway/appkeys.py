@@ -14,7 +14,9 @@ from gateway.catalog import Catalog
 from gateway.event_store import PostgresEventStore
 from gateway.listeners import Pseudonyms
 from gateway.outcomes import OutcomeRecorder
+from gateway.projector import Runner
 from gateway.recommendations import Recommender
+from gateway.rewards_reader import RewardsReader
 from gateway.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -29,3 +31,5 @@ RECOMMENDER = web.AppKey("recommender", Recommender)
 OUTCOMES = web.AppKey("outcomes", OutcomeRecorder)
 KEYS = web.AppKey("keys", KeyVerifier)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
+REWARDS = web.AppKey("rewards", RewardsReader)
+RUNNERS = web.AppKey("runners", list[Runner])

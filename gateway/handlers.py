@@ -3,32 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import TypeVar
 
 import orjson
 import prometheus_client
 from aiohttp import web
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import AwareDatetime, BaseModel, TypeAdapter, ValidationError
 
 from domain.events import ItemUpserted
 from gateway import openapi as openapi_doc
-from gateway.appkeys import CATALOG, OPENAPI, OUTCOMES, POOL, RECOMMENDER
+from gateway.appkeys import CATALOG, CLOCK, OPENAPI, OUTCOMES, POOL, RECOMMENDER, REWARDS
 from gateway.catalog import CatalogItem
+from gateway.metrics import publish_lag
 from gateway.problems import ProblemError, from_validation
+from gateway.projector import status as projection_status
+from gateway.rewards_reader import SurfaceRewards
 from gateway.schemas import (
     HealthOut,
     ItemBody,
     ItemId,
     ItemOut,
+    ItemRewardsOut,
     ItemsIn,
     ItemsOut,
+    LongTermOut,
     OutcomesIn,
     OutcomesOut,
     PolicyOut,
+    ProjectionStatusOut,
     ReadyOut,
     RecommendationIn,
     RecommendationOut,
+    RewardOut,
     SlateItemOut,
+    StatusOut,
+    SurfaceRewardsOut,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -207,4 +217,90 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(
         body=prometheus_client.generate_latest(),
         headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+    )
+
+
+_AS_OF: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+
+
+def _reward(r: SurfaceRewards) -> RewardOut:
+    return RewardOut(sum=float(r.reward_sum), mean=r.mean, count=r.served)
+
+
+async def item_rewards(request: web.Request) -> web.StreamResponse:
+    item_id = path_item_id(request)
+    now = request.app[CLOCK]()
+    raw = request.query.get("as_of")
+    as_of = now
+    if raw is not None:
+        try:
+            as_of = _AS_OF.validate_python(raw)
+        except ValidationError as exc:
+            raise from_validation(exc, prefix="as_of") from None
+        if as_of > now:
+            raise ProblemError(
+                422,
+                "validation",
+                "Invalid request",
+                "as_of must not be in the future",
+                field="as_of",
+            )
+    if await request.app[CATALOG].get(item_id) is None:
+        raise _not_found(item_id)
+    found = await request.app[REWARDS].item(item_id, as_of, current=raw is None)
+    if found is None:
+        raise ProblemError(
+            503,
+            "not-ready",
+            "Service Unavailable",
+            "the rewards projection has not started yet",
+            headers={"Retry-After": "1"},
+        )
+    lt = found.long_term
+    return reply(
+        ItemRewardsOut(
+            item_id=item_id,
+            as_of=as_of,
+            definition_version=found.definition_version,
+            served=found.total.served,
+            outcomes=found.total.outcomes,
+            reward=_reward(found.total),
+            positions={str(p): n for p, n in sorted(found.positions.items())},
+            by_surface={
+                s: SurfaceRewardsOut(served=r.served, outcomes=r.outcomes, reward=_reward(r))
+                for s, r in sorted(found.by_surface.items())
+            },
+            long_term=LongTermOut(
+                estimate=lt.estimate,
+                variance=lt.variance,
+                observed_traces=lt.observed_traces,
+                horizon_days=found.horizon_days,
+            ),
+            projected_through=found.projected_through,
+        )
+    )
+
+
+async def admin_status(request: web.Request) -> web.StreamResponse:
+    pool = request.app[POOL]
+    rows = await projection_status(pool)
+    publish_lag(rows)
+    events = await pool.fetchval("SELECT count(*) FROM events")
+    return reply(
+        StatusOut(
+            projections=[
+                ProjectionStatusOut(
+                    name=r.name,
+                    version=r.version,
+                    status=r.status,
+                    definition_version=r.definition_version,
+                    position=r.position.global_position,
+                    events_applied=r.events_applied,
+                    lag_events=r.lag_events,
+                    lag_seconds=r.lag_seconds,
+                )
+                for r in rows
+            ],
+            events=int(events),
+        )
     )

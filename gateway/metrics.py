@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+
+from gateway.projector import Status
 
 REQUESTS = Counter(
     "segue_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -19,6 +22,17 @@ LATENCY = Histogram(
 )
 APPENDED = Counter("segue_events_appended_total", "Events appended (duplicates excluded)")
 FLUSHES = Counter("segue_append_flushes_total", "Group-commit transactions committed")
+LAG_EVENTS = Gauge("segue_projection_lag_events", "Events not yet applied", ["projection"])
+LAG_SECONDS = Gauge(
+    "segue_projection_lag_seconds", "Age of the oldest event not yet applied", ["projection"]
+)
+
+
+def publish_lag(rows: Iterable[Status]) -> None:
+    for r in rows:
+        if r.status == "live":
+            LAG_EVENTS.labels(r.name).set(r.lag_events)
+            LAG_SECONDS.labels(r.name).set(r.lag_seconds)
 
 
 @web.middleware

@@ -100,6 +100,33 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         schemas.ItemOut,
     ),
     Endpoint(
+        "GET",
+        "/v1/items/{item_id}/rewards",
+        handlers.item_rewards,
+        "An item's reward aggregates, now or as they stood at `as_of`",
+        "rewards",
+        Scope.CATALOG,
+        None,
+        schemas.ItemRewardsOut,
+        query=(
+            QueryParam(
+                "as_of",
+                {"type": "string", "format": "date-time"},
+                "RFC 3339 instant with a time zone (default: now)",
+            ),
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/admin/status",
+        handlers.admin_status,
+        "Projections with their positions and lag; event counts",
+        "admin",
+        Scope.ADMIN,
+        None,
+        schemas.StatusOut,
+    ),
+    Endpoint(
         "GET", "/healthz", handlers.healthz, "Liveness", "service", None, None, schemas.HealthOut
     ),
     Endpoint(

@@ -7,6 +7,7 @@ Models are strict (no "3" for 3, no unknown fields) and parsed straight from JSO
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -227,3 +228,56 @@ class Problem(_Model):
     detail: str
     field: str | None = None
     errors: list[FieldError] | None = None
+
+
+# --- rewards and status ---------------------------------------------------------------------
+
+
+class RewardOut(_Model):
+    sum: float = Field(description="Attributed, weighted outcomes")
+    mean: float = Field(description="sum / count")
+    count: int = Field(description="Impressions served")
+
+
+class SurfaceRewardsOut(_Model):
+    served: int
+    outcomes: dict[str, int] = Field(description="Attributed outcomes by kind")
+    reward: RewardOut
+
+
+class LongTermOut(_Model):
+    estimate: float = Field(description="Expected active days over the horizon after a stream")
+    variance: float
+    observed_traces: int = Field(description="Traces with at least one day observed")
+    horizon_days: int
+
+
+class ItemRewardsOut(_Model):
+    item_id: str
+    as_of: datetime
+    definition_version: str
+    served: int
+    outcomes: dict[str, int] = Field(description="Every outcome by kind, attributed or not")
+    reward: RewardOut
+    positions: dict[str, int] = Field(description="Times served at each 0-based position")
+    by_surface: dict[str, SurfaceRewardsOut]
+    long_term: LongTermOut
+    projected_through: datetime | None = Field(
+        description="recorded_at of the last event the projection has applied"
+    )
+
+
+class ProjectionStatusOut(_Model):
+    name: str
+    version: int
+    status: str
+    definition_version: str
+    position: int = Field(description="global_position of the last event applied")
+    events_applied: int
+    lag_events: int
+    lag_seconds: float
+
+
+class StatusOut(_Model):
+    projections: list[ProjectionStatusOut]
+    events: int = Field(description="Events in the store")

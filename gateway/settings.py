@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     key_cache_seconds: Annotated[float, Field(ge=0)] = 5.0
     catalog_cache_seconds: Annotated[float, Field(ge=0)] = 1.0
     log_level: str = "INFO"
+    run_projectors: bool = Field(
+        default=True,
+        description="Run the projectors inside `segue serve` (single-node mode); turn off when "
+        "`segue project` runs them elsewhere.",
+    )
+    projector_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
 
     @field_validator("database_url")
     @classmethod

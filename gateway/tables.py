@@ -120,3 +120,40 @@ catalog_items = sa.Table(
         "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
 )
+
+# One row per version of each projection. The live version serves reads; a rebuild fills a
+# `building` one in its own schema, then swaps. The checkpoint is the position of the last event
+# applied, advanced in the same transaction as the projection's writes.
+projections = sa.Table(
+    "projections",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("schema_name", sa.Text, nullable=False, unique=True),
+    sa.Column("definition_version", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("tx_id", Xid8(), nullable=False, server_default=sa.text("'0'::xid8")),
+    sa.Column("global_position", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("last_recorded_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("events_applied", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.CheckConstraint("status IN ('building', 'live', 'retired')", name="status"),
+    sa.Index(
+        "ix_projections_one_live", "name", unique=True, postgresql_where=sa.text("status = 'live'")
+    ),
+)
+
+reward_definitions = sa.Table(
+    "reward_definitions",
+    metadata,
+    sa.Column("version", sa.Text, primary_key=True),
+    sa.Column("body", pg.JSONB, nullable=False),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)
