@@ -362,6 +362,9 @@ Segue demo is up at {base}   (API page: {base}/docs)
        -d '{{"outcomes": [{{"event_id": "7d5f7f4e-1c1e-4a3e-9a51-0c3e2b1d9f00", \
              "user_id": "user-1", "item_id": "{item}", "kind": "stream_30s", "value": 31000}}]}}'
 
+  # what has that item earned so far (and its long-term estimate)?
+  curl -s {base}/v1/items/{item}/rewards {auth}
+
   # add a track to the catalogue
   curl -s -X PUT {base}/v1/items/tr-new-1 {auth} {json_ct} \\
        -d '{{"kind": "track", "attributes": {{"artist": "someone", "genre": "jazz"}}}}'
