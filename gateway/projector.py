@@ -36,7 +36,7 @@ SELECT global_position, tx_id::text, recorded_at, stream_id, stream_version, eve
 FROM events
 WHERE (tx_id, global_position) > ($1::text::xid8, $2::bigint)
   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY tx_id, global_position
+ORDER BY events.tx_id, global_position  -- the column, not the text alias: numeric order, indexed
 LIMIT $3
 """
 
@@ -307,7 +307,7 @@ async def head(conn: Connection | asyncpg.Pool) -> Position:
     row = await conn.fetchrow(
         "SELECT tx_id::text, global_position FROM events "
         "WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) "
-        "ORDER BY tx_id DESC, global_position DESC LIMIT 1"
+        "ORDER BY events.tx_id DESC, global_position DESC LIMIT 1"
     )
     return START if row is None else Position(int(row[0]), row[1])
 
