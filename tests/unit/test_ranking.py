@@ -1,0 +1,111 @@
+"""The ranking policy: diversity, determinism, and propensities that are exact."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from domain.ranking import Candidate, PolicyParams, blend_greedy, draw_slate, greedy, score
+
+CANDIDATES = [
+    Candidate(f"i{k}", group=f"artist{k % 3}", affinity=1.0 - k / 20, reward_mean=0.1 * (k % 4))
+    for k in range(12)
+]
+
+
+def test_greedy_respects_the_diversity_limit_and_fills_up() -> None:
+    p = PolicyParams(max_per_group=2)
+    top = greedy(CANDIDATES, 6, p)
+    groups = Counter(c.group for c, _ in top)
+    assert len(top) == 6
+    assert max(groups.values()) <= 2
+    # Scores are non-increasing among the items the limit let through.
+    assert all(top[i][1] >= top[i + 1][1] for i in range(5))
+    # With only three artists and a limit of two, a slate of eight must relax the limit.
+    assert len(greedy(CANDIDATES, 8, p)) == 8
+
+
+def test_score_rewards_uncertainty_through_optimism() -> None:
+    sure = Candidate("a", reward_mean=0.5, reward_sd=0.0)
+    unsure = Candidate("b", reward_mean=0.4, reward_sd=0.5)
+    assert score(unsure, PolicyParams(optimism=0.5)) > score(sure, PolicyParams(optimism=0.5))
+    assert score(unsure, PolicyParams(optimism=0.0)) < score(sure, PolicyParams(optimism=0.0))
+
+
+def test_same_generator_same_slate() -> None:
+    p = PolicyParams(epsilon=0.5)
+    a = [draw_slate(CANDIDATES, 5, p, random.Random(s)) for s in range(20)]
+    b = [draw_slate(CANDIDATES, 5, p, random.Random(s)) for s in range(20)]
+    assert a == b
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.2, 1.0])
+def test_propensities_sum_to_one_per_position(epsilon: float) -> None:
+    p = PolicyParams(epsilon=epsilon)
+    n = 4
+    size = len(CANDIDATES)
+    greedy_ids = [c.item_id for c, _ in greedy(CANDIDATES, n, p)]
+    for k in range(n):
+        total = sum(
+            (1 - epsilon) * (greedy_ids[k] == c.item_id) + epsilon / size for c in CANDIDATES
+        )
+        assert total == pytest.approx(1.0)
+
+
+def test_propensities_match_empirical_frequencies() -> None:
+    p = PolicyParams(epsilon=0.3)
+    rng = random.Random(7)
+    draws = 30_000
+    seen: Counter[tuple[str, int]] = Counter()
+    logged: dict[tuple[str, int], float] = {}
+    for _ in range(draws):
+        for s in draw_slate(CANDIDATES, 4, p, rng):
+            seen[(s.item_id, s.position)] += 1
+            logged[(s.item_id, s.position)] = s.propensity
+    for key, count in seen.items():
+        expected = logged[key]
+        # Five binomial standard errors: loose enough never to flake, tight enough to catch a
+        # propensity off by a factor.
+        tolerance = 5 * (expected * (1 - expected) / draws) ** 0.5
+        assert count / draws == pytest.approx(expected, abs=tolerance), key
+
+
+def test_a_slate_never_repeats_an_item_and_duplicates_are_ignored() -> None:
+    doubled = CANDIDATES + CANDIDATES[:3]
+    for seed in range(50):
+        slate = draw_slate(doubled, 10, PolicyParams(epsilon=0.5), random.Random(seed))
+        assert len({s.item_id for s in slate}) == len(slate) == 10
+        assert all(
+            s.propensity == pytest.approx(0.5 * (s.propensity > 0.5) + 0.5 / 12)
+            or s.propensity == pytest.approx(0.5 / 12)
+            for s in slate
+        )
+
+
+def test_short_pool_and_empty_pool() -> None:
+    assert draw_slate([], 5, PolicyParams(), random.Random(0)) == ()
+    slate = draw_slate(CANDIDATES[:2], 5, PolicyParams(epsilon=0.0), random.Random(0))
+    assert [s.propensity for s in slate] == [1.0, 1.0]
+
+
+def test_blend_gives_every_member_their_own_favourites() -> None:
+    alice = [Candidate(f"a{k}", affinity=1 - k / 10) for k in range(5)] + [
+        Candidate("shared", affinity=0.5)
+    ]
+    bob = [Candidate(f"b{k}", affinity=1 - k / 10) for k in range(5)] + [
+        Candidate("shared", affinity=0.5)
+    ]
+    slate = [c.item_id for c, _ in blend_greedy([alice, bob], 4, PolicyParams())]
+    assert slate == ["a0", "b0", "a1", "b1"]
+    # An item both like is taken once.
+    both = [c.item_id for c, _ in blend_greedy([alice, alice], 3, PolicyParams())]
+    assert both == ["a0", "a1", "a2"]
+
+
+def test_bad_parameters_are_refused() -> None:
+    with pytest.raises(ValueError, match="epsilon"):
+        PolicyParams(epsilon=1.5)
+    with pytest.raises(ValueError, match="n must"):
+        draw_slate(CANDIDATES, 0, PolicyParams(), random.Random(0))
