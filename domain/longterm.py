@@ -60,12 +60,20 @@ class LongTermEstimate:
     observed_traces: int
 
 
-def uninformed_prior(horizon: int, daily_rate: float = 0.1, corr: float = 0.9) -> TracePrior:
+def uninformed_prior(
+    horizon: int, daily_rate: float = 0.1, corr: float = 0.9, level: float = 0.5
+) -> TracePrior:
     """A weak prior for when no item has complete traces yet: a flat daily return rate with
-    strongly correlated days (an item that brings listeners back does so on every day)."""
+    strongly correlated days (an item that brings listeners back does so on every day).
+
+    Half of the between-item variance (`level`) is a level shared by every day of the horizon,
+    the rest decays with distance (`corr` per day). A decay alone would not say that: 0.9^59 is
+    0.002, so the first days observed would tell nearly nothing about the last ones, and the
+    estimate of an item would stay at the prior for most of the horizon until weeks had passed.
+    """
     days = np.arange(horizon)
     scale = (daily_rate * 2) ** 2
-    cov = scale * corr ** np.abs(days[:, None] - days[None, :])
+    cov = scale * (level + (1 - level) * corr ** np.abs(days[:, None] - days[None, :]))
     return TracePrior(
         mean=np.full(horizon, daily_rate),
         cov=cov,

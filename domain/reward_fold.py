@@ -15,10 +15,11 @@ Rules:
 - An impression's reward is the weighted sum of its attributed outcomes; item aggregates keep
   the sum and the sum of squares of impression rewards over served impressions (unrewarded
   impressions are zeros), which is what a Gaussian posterior of the mean needs.
-- A long-term trace starts when an attributed outcome of a stream kind happens (day 0 = its UTC
-  day). Day d of the trace (1..horizon) is active when the listener streamed the item, or any item
-  of the same show, on day start + d. Streams reported before the trace started count too: the
-  result does not depend on the order outcomes arrive in.
+- A long-term trace exists for each (recommendation, item) that led to an attributed outcome of a
+  stream kind. Day 0 is the UTC day the slate was served (not the day of whichever stream arrived
+  first, which would make the trace depend on arrival order). Day d (1..horizon) is active when
+  the listener streamed the item, or any item of the same show, on day start + d. Streams reported
+  before the trace existed count too: the result does not depend on the order outcomes arrive in.
 """
 
 from __future__ import annotations
@@ -197,10 +198,11 @@ def _outcome(
                 agg[2] += after * after - before * before
         if is_stream and key not in state.traces:
             # The listener who streamed, not the slate's (a blend serves several listeners).
-            trace = Trace(o.user, o.item_id, trace_target(o.item_id, show), day)
+            start = day_number(attributed.requested_at)
+            trace = Trace(o.user, o.item_id, trace_target(o.item_id, show), start)
             state.add_trace(key, trace)
             changes.traces[key] = trace
-            changes.lt_starts[(o.item_id, day, at)] += 1
+            changes.lt_starts[(o.item_id, start, at)] += 1
             # Streams reported before the trace existed still count as coming back.
             for d in state.user_days.get((trace.user, trace.target), ()):
                 _mark(state, changes, key, trace, d, at, horizon)

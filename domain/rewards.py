@@ -7,6 +7,7 @@ split gives the same bytes (a float sum would depend on the order of additions).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -54,7 +55,7 @@ class RewardDefinition:
     def from_json(data: Mapping[str, Any]) -> RewardDefinition:
         """Parse and check a definition; raises ValueError naming what is wrong."""
         try:
-            version = str(data["version"])
+            version = data["version"]
             weights = {K(k): Decimal(str(v)) for k, v in dict(data["weights"]).items()}
             windows = {K(k): int(v) for k, v in dict(data.get("windows_seconds", {})).items()}
             horizon = int(data.get("horizon_days", 60))
@@ -62,14 +63,19 @@ class RewardDefinition:
             streams = frozenset(K(k) for k in data.get("stream_kinds", ["stream_30s", "complete"]))
         except (KeyError, TypeError, ArithmeticError) as exc:
             raise ValueError(f"invalid reward definition: {exc!r}") from None
-        if not version or len(version) > 64:
-            raise ValueError("version must be 1-64 characters")
+        # str() would turn a null or a number into a version ("None"), so only text is one.
+        if not isinstance(version, str) or not version or len(version) > 64:
+            raise ValueError("version must be a string of 1-64 characters")
         if not 1 <= horizon <= 365:
             raise ValueError("horizon_days must be between 1 and 365")
         if any(s < 0 for s in windows.values()):
             raise ValueError("windows must not be negative")
         if any(not w.is_finite() or abs(w) > 1000 for w in weights.values()):
             raise ValueError("weights must be finite and at most 1000 in size")
+        # NaN would make every skip count against (comparisons with it are false) and is stored
+        # as JSON null, which would not load back; a negative threshold would excuse every skip.
+        if not math.isfinite(threshold) or threshold < 0:
+            raise ValueError("skip_threshold_ms must be a finite, non-negative number")
         if not streams:
             raise ValueError("stream_kinds must not be empty")
         return RewardDefinition(version, weights, windows, horizon, threshold, streams)
