@@ -22,6 +22,7 @@ from gateway.appkeys import (
     CLOCK,
     DSN,
     KEYS,
+    LIMITER,
     OPENAPI,
     OUTCOMES,
     POOL,
@@ -43,6 +44,7 @@ from gateway.outcomes import OutcomeRecorder, SlateLookup
 from gateway.problems import UNAVAILABLE, problem_middleware
 from gateway.projector import Runner, all_projections
 from gateway.projector import status as projection_status
+from gateway.ratelimit import RateLimiter
 from gateway.recommendations import Recommender
 from gateway.rewards_reader import LiveVersions, RewardsReader
 from gateway.routes import ENDPOINTS, setup_routes
@@ -101,6 +103,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[RECOMMENDER] = Recommender(store, app[CATALOG], app[PSEUDONYMS], clock)
     app[OUTCOMES] = OutcomeRecorder(store, SlateLookup(pool), app[PSEUDONYMS], clock)
     app[KEYS] = KeyVerifier(pool, settings.key_cache_seconds)
+    app[LIMITER] = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app[REWARDS] = RewardsReader(pool, LiveVersions(pool))
     yield
 

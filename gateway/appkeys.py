@@ -15,6 +15,7 @@ from gateway.event_store import PostgresEventStore
 from gateway.listeners import Pseudonyms
 from gateway.outcomes import OutcomeRecorder
 from gateway.projector import Runner
+from gateway.ratelimit import RateLimiter
 from gateway.recommendations import Recommender
 from gateway.rewards_reader import RewardsReader
 from gateway.settings import Settings
@@ -33,3 +34,4 @@ KEYS = web.AppKey("keys", KeyVerifier)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 REWARDS = web.AppKey("rewards", RewardsReader)
 RUNNERS = web.AppKey("runners", list[Runner])
+LIMITER = web.AppKey("limiter", RateLimiter)

@@ -27,7 +27,11 @@ _ERRORS_WITH_BODY = {
     "415": "Not application/json",
     "422": "A field is invalid; `field` names it",
 }
-_ERRORS_AUTH = {"401": "No key, or an unknown or revoked key", "403": "The key lacks the scope"}
+_ERRORS_AUTH = {
+    "401": "No key, or an unknown or revoked key",
+    "403": "The key lacks the scope",
+    "429": "The key is over its rate limit; see Retry-After",
+}
 _ERRORS_ALWAYS = {"503": "The event store cannot be reached; retry (resending is safe)"}
 
 

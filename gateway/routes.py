@@ -9,8 +9,10 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway import handlers, schemas
-from gateway.appkeys import KEYS
+from gateway.appkeys import KEYS, LIMITER
 from gateway.auth import Scope
+from gateway.problems import ProblemError
+from gateway.ratelimit import retry_after
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -163,7 +165,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 def _guarded(handler: Handler, scope: Scope) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        await request.app[KEYS].require(request.headers.get("Authorization"), scope)
+        key = await request.app[KEYS].require(request.headers.get("Authorization"), scope)
+        wait = request.app[LIMITER].acquire(key.key_id)
+        if wait:
+            raise ProblemError(
+                429,
+                "rate-limited",
+                "Too Many Requests",
+                f"this key is over its rate limit; retry in {wait:.2f} s",
+                field="Authorization",
+                headers={"Retry-After": retry_after(wait)},
+            )
         return await handler(request)
 
     return guarded

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         "`segue project` runs them elsewhere.",
     )
     projector_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    rate_limit_per_second: Annotated[float, Field(gt=0)] = Field(
+        default=500.0, description="Requests per second per API key, per gateway process"
+    )
+    rate_limit_burst: Annotated[float, Field(ge=1)] = Field(
+        default=1000.0, description="Requests a key may make at once before being limited"
+    )
 
     @field_validator("database_url")
     @classmethod
