@@ -55,6 +55,22 @@ class Retired(Exception):
     """The version this runner applies was swapped out by a rebuild."""
 
 
+# The session ended or the server cannot take it now: reconnect and carry on from the checkpoint.
+# A session the server ends (pg_terminate_backend, a shutdown, a failover) surfaces as any of
+# these depending on what the connection was doing: AdminShutdownError in the middle of a query,
+# InterfaceError or InternalClientError on the next use of a connection whose FATAL notice
+# arrived while it was idle, CannotConnectNowError or TooManyConnectionsError on reconnecting.
+_SESSION_LOST = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
+
+
 async def save_definition(conn: Connection, definition: RewardDefinition) -> None:
     """Store a definition; a version may not be reused for a different definition."""
     body = orjson.dumps(definition.to_json()).decode()
@@ -171,6 +187,7 @@ class Runner:
         batch_size: int = 2000,
         poll_seconds: float = 0.1,
         lock_poll_seconds: float = 0.5,
+        retry_seconds: float = 1.0,
         on_batch: Callable[[Runner, int], None] | None = None,
     ) -> None:
         self.dsn = dsn
@@ -179,6 +196,7 @@ class Runner:
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.lock_poll_seconds = lock_poll_seconds
+        self.retry_seconds = retry_seconds
         self.on_batch = on_batch
         self.position = START
         self.version: Version | None = None
@@ -199,10 +217,10 @@ class Runner:
                 if self._pinned_version is not None:
                     return
                 log.info("%s: version retired, switching to the live one", self.projection.name)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            except _SESSION_LOST as exc:
                 log.warning("%s: database unavailable (%r); retrying", self.projection.name, exc)
                 self.active = False
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(self.retry_seconds)
 
     async def _resolve(self, conn: Connection) -> Version:
         if self._pinned_version is None:

@@ -1,0 +1,308 @@
+"""Annoy indexes: built from the affinity projection, published atomically, swapped in live.
+
+A build reads the affinity matrix and the live catalogue, learns embeddings (domain.embeddings),
+and writes, into a new folder `index/v<version>/`: the Annoy file, the dense id map (Annoy only
+knows integers), the listener vectors, and measured recall@10 against exact search. Publishing is
+one `os.replace` of `index/manifest.json`; built folders are never modified.
+
+Every gateway process polls the manifest and loads a new version in a worker thread, then swaps
+one reference: a request holds the index it started with, so a swap never fails or slows one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+from annoy import AnnoyIndex
+from numpy.typing import NDArray
+
+from domain.embeddings import AlsParams, Factors, fit_als
+from gateway.projections import q
+from gateway.projector import live_version
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexParams:
+    trees: int = 50
+    search_k: int = 5000
+    seed: int = 42
+    als: AlsParams = field(default_factory=AlsParams)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingData:
+    listeners: list[str]
+    items: list[str]
+    kinds: list[str]
+    groups: list[str | None]
+    rows: NDArray[np.int64]
+    cols: NDArray[np.int64]
+    weights: NDArray[np.float64]
+    position: int  # the affinity projection's checkpoint: what the index reflects
+
+
+async def read_training_data(conn: asyncpg.Connection) -> TrainingData:
+    """The affinity matrix restricted to live items, with dense ids for both sides."""
+    version = await live_version(conn, "listeners")
+    catalogue = await conn.fetch(
+        "SELECT item_id, kind, attributes->>'artist', attributes->>'show' FROM catalog_items "
+        "WHERE NOT retired ORDER BY item_id"
+    )
+    items = [r[0] for r in catalogue]
+    item_row = {item: i for i, item in enumerate(items)}
+    listeners: list[str] = []
+    rows: list[int] = []
+    cols: list[int] = []
+    weights: list[float] = []
+    position = 0
+    if version is not None:
+        position = int(
+            await conn.fetchval(
+                "SELECT global_position FROM projections WHERE name = $1 AND version = $2",
+                version.name,
+                version.version,
+            )
+        )
+        listener_row: dict[str, int] = {}
+        for listener, item, weight in await conn.fetch(
+            f"SELECT listener, item_id, weight::float8 FROM {q(version.schema)}.affinity "
+            "ORDER BY listener, item_id"
+        ):
+            i = item_row.get(item)
+            if i is None:
+                continue
+            r = listener_row.setdefault(listener, len(listener_row))
+            rows.append(r)
+            cols.append(i)
+            weights.append(weight)
+        listeners = list(listener_row)
+    return TrainingData(
+        listeners=listeners,
+        items=items,
+        kinds=[r[1] for r in catalogue],
+        groups=[r[2] or r[3] for r in catalogue],
+        rows=np.asarray(rows, dtype=np.int64),
+        cols=np.asarray(cols, dtype=np.int64),
+        weights=np.asarray(weights, dtype=np.float64),
+        position=position,
+    )
+
+
+def recall_at_10(
+    index: AnnoyIndex, vectors: NDArray[np.float64], queries: NDArray[np.float64], search_k: int
+) -> float:
+    """Mean overlap of Annoy's top 10 with exact top 10 (by dot product) over `queries`."""
+    if len(queries) == 0 or len(vectors) == 0:
+        return 1.0
+    k = min(10, len(vectors))
+    hits = 0
+    for q_vec in queries:
+        exact = set(np.argsort(-(vectors @ q_vec))[:k].tolist())
+        found = set(index.get_nns_by_vector(q_vec.tolist(), k, search_k=search_k))
+        hits += len(exact & found)
+    return hits / (k * len(queries))
+
+
+def build(data: TrainingData, folder: Path, version: str, params: IndexParams) -> dict[str, Any]:
+    """Learn embeddings and write a complete index folder; returns its manifest entry.
+
+    CPU-bound: call it in a worker thread (numpy and Annoy release the GIL while they work).
+    """
+    started = time.perf_counter()
+    dims = params.als.factors
+    if len(data.rows):
+        factors = fit_als(
+            data.rows, data.cols, data.weights, len(data.listeners), len(data.items), params.als
+        )
+    else:
+        factors = Factors(np.zeros((0, dims)), np.zeros((len(data.items), dims)))
+    index = AnnoyIndex(dims, "dot")
+    index.set_seed(params.seed)
+    for i, vector in enumerate(factors.items):
+        index.add_item(i, vector.tolist())
+    index.build(params.trees, n_jobs=1)
+    folder.mkdir(parents=True)
+    index.save(str(folder / "items.ann"))
+    np.save(folder / "listeners.npy", factors.users)
+    np.save(folder / "item_vectors.npy", factors.items)
+    (folder / "ids.json").write_text(
+        json.dumps(
+            {
+                "items": data.items,
+                "kinds": data.kinds,
+                "groups": data.groups,
+                "listeners": data.listeners,
+            }
+        )
+    )
+    rng = np.random.default_rng(params.seed)
+    sample = (
+        factors.users[rng.choice(len(factors.users), min(200, len(factors.users)), replace=False)]
+        if len(factors.users)
+        else factors.items[:200]
+    )
+    recall = recall_at_10(index, factors.items, sample, params.search_k)
+    index.unload()
+    return {
+        "version": version,
+        "built_at": datetime.now(UTC).isoformat(),
+        "position": data.position,
+        "items": len(data.items),
+        "listeners": len(data.listeners),
+        "recall_at_10": recall,
+        "seconds": round(time.perf_counter() - started, 3),
+        "params": {
+            "trees": params.trees,
+            "search_k": params.search_k,
+            "seed": params.seed,
+            "factors": params.als.factors,
+            "iterations": params.als.iterations,
+            "regularization": params.als.regularization,
+            "alpha": params.als.alpha,
+        },
+        "folder": folder.name,
+    }
+
+
+def publish(root: Path, entry: dict[str, Any], keep: int = 3) -> None:
+    """Point the manifest at `entry` (one atomic rename), then prune old folders."""
+    with tempfile.NamedTemporaryFile("w", dir=root, delete=False, suffix=".tmp") as tmp:
+        json.dump(entry, tmp)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, root / MANIFEST)
+    folders = sorted(
+        (p for p in root.iterdir() if p.is_dir() and p.name.startswith("v")),
+        key=lambda p: p.stat().st_mtime,
+    )
+    for old in folders[:-keep]:
+        if old.name != entry["folder"]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+async def build_and_publish(
+    dsn: str, root: Path, params: IndexParams = IndexParams()
+) -> dict[str, Any]:
+    """Read, build (in a thread) and publish a new index version under `root`."""
+    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+    conn = await asyncpg.connect(dsn)
+    try:
+        data = await read_training_data(conn)
+    finally:
+        await conn.close()
+    version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    entry = await asyncio.to_thread(build, data, root / f"v{version}", version, params)
+    await asyncio.to_thread(publish, root, entry)
+    log.info(
+        "index %s published: %d items, recall@10 %.3f",
+        version,
+        entry["items"],
+        entry["recall_at_10"],
+    )
+    return entry
+
+
+@dataclass(frozen=True)
+class LoadedIndex:
+    """One immutable index version in memory (the Annoy file is memory-mapped)."""
+
+    manifest: dict[str, Any]
+    annoy: AnnoyIndex
+    items: list[str]
+    kinds: list[str]
+    groups: list[str | None]
+    item_row: dict[str, int]
+    listener_row: dict[str, int]
+    listener_vectors: NDArray[np.float64]
+    item_vectors: NDArray[np.float64]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    def nearest(self, vector: Sequence[float], n: int, search_k: int) -> list[tuple[str, float]]:
+        ids, dists = self.annoy.get_nns_by_vector(
+            list(vector), n, search_k=search_k, include_distances=True
+        )
+        return [(self.items[i], float(d)) for i, d in zip(ids, dists, strict=True)]
+
+
+def load(root: Path, manifest: dict[str, Any]) -> LoadedIndex:
+    folder = root / manifest["folder"]
+    ids = json.loads((folder / "ids.json").read_text())
+    item_vectors = np.load(folder / "item_vectors.npy")
+    annoy = AnnoyIndex(int(item_vectors.shape[1]) if item_vectors.ndim == 2 else 1, "dot")
+    annoy.load(str(folder / "items.ann"))
+    if annoy.get_n_items() != len(ids["items"]):
+        raise ValueError(f"index {manifest['version']} is damaged: item count differs")
+    return LoadedIndex(
+        manifest=manifest,
+        annoy=annoy,
+        items=ids["items"],
+        kinds=ids["kinds"],
+        groups=ids["groups"],
+        item_row={item: i for i, item in enumerate(ids["items"])},
+        listener_row={u: i for i, u in enumerate(ids["listeners"])},
+        listener_vectors=np.load(folder / "listeners.npy"),
+        item_vectors=item_vectors,
+    )
+
+
+class IndexHolder:
+    """The current index of this process, swapped when the manifest changes."""
+
+    def __init__(self, root: Path, poll_seconds: float = 2.0) -> None:
+        self.root = root
+        self.poll_seconds = poll_seconds
+        self.current: LoadedIndex | None = None
+        self.error: str | None = None
+        self._seen: tuple[float, int] | None = None
+
+    async def refresh(self) -> bool:
+        """Load the published version if it changed; True when a new one was swapped in."""
+        path = self.root / MANIFEST
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (stat.st_mtime, stat.st_size)
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        try:
+            manifest = json.loads(path.read_text())
+            if self.current is not None and manifest["version"] == self.current.version:
+                return False
+            loaded = await asyncio.to_thread(load, self.root, manifest)
+        except (OSError, ValueError, KeyError) as exc:
+            # Keep serving what we have; say so in /readyz and the metrics.
+            self.error = f"{exc.__class__.__name__}: {exc}"
+            log.error("could not load index: %s", self.error)
+            return False
+        self.current = loaded  # one reference swap; requests in flight keep the old one
+        self.error = None
+        return True
+
+    async def watch(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.refresh()
+            await asyncio.sleep(self.poll_seconds)
