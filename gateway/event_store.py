@@ -1,10 +1,12 @@
 """The PostgreSQL event store: group-committed appends, commit-safe reads.
 
 Appends from concurrent requests are queued and written by a few flusher tasks, each turning
-everything waiting into one transaction: lock the touched streams, read their versions and the
-known event ids, check expected versions in Python, then one statement that upserts stream
-versions, inserts the events and records their ids. A caller's future resolves only after that
-transaction commits.
+everything waiting into one transaction on a connection it keeps between flushes. When no request
+in the batch expects a stream version, that transaction is a single statement: it locks the touched
+streams, bumps their versions, inserts the events and records their ids, and a duplicate event id
+makes it fail as a whole. Otherwise, or after such a failure, the flush takes the full path: lock
+the streams, read their versions and the known event ids, check expected versions in Python, then
+write. A caller's future resolves only after the transaction commits.
 
 Readers page by `(tx_id, global_position)` below `pg_snapshot_xmin`, so an event whose transaction
 is still open (and every event after it in commit order) is not read until it has committed or
@@ -42,6 +44,12 @@ log = logging.getLogger(__name__)
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 MAX_FLUSH_ATTEMPTS = 5
+# A flusher keeps its connection from one flush to the next (each release to the pool costs a reset
+# round trip), but gives it back after this long without work, so that an idle store holds none,
+# and after this many flushes, so that the pool's own policies (max_queries, expire_connections)
+# still reach it under steady load.
+IDLE_RELEASE_SECONDS = 1.0
+HOLD_FLUSHES = 1000
 
 
 class InlineProjection(Protocol):
@@ -59,9 +67,17 @@ class _Retry(Exception):
 
 
 @dataclass(slots=True)
+class _Lane:
+    """A flusher's connection, kept from one flush to the next."""
+
+    conn: PoolConnectionProxy | None = None
+    flushes: int = 0
+
+
+@dataclass(slots=True)
 class _Pending:
     events: Sequence[NewEvent]
-    expected: Mapping[str, int]
+    expected: Mapping[str, int] | None
     future: asyncio.Future[AppendResult]
 
 
@@ -126,13 +142,61 @@ SELECT
     (SELECT min(recorded_at) FROM e) AS recorded_at
 """
 
+# The whole append as one statement, for batches in which no request expects a stream version.
+# The stream locks are taken by an InitPlan that gates the rows feeding the streams upsert, and
+# every other write reads from that upsert, so all locks are held before the first row is written
+# (which is when the transaction gets its id). The statement's snapshot predates the lock waits,
+# which does not matter: ON CONFLICT DO UPDATE works on the newest committed version of a stream
+# row whatever the snapshot, so versions come out gapless and in lock order. The event_ids primary
+# key sees every committed or in-progress insert (it waits for the latter), so an id that is not
+# new fails the whole statement, and nothing of it stays written; the server logs that failure as
+# an error, which is acceptable because ids that are not new come from client retries, which are
+# rare. An event's version is its stream's new version less the events of that stream that follow
+# it in the batch. Positions are drawn in batch order, so sorting by position gives batch order.
+_WRITE_NEW = f"""
+WITH t AS MATERIALIZED (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int2[], $5::text[], $6::text[])
+        WITH ORDINALITY AS t(s_id, e_id, e_t, e_sv, p, m, ord)
+), s AS (
+    INSERT INTO streams AS st (stream_id, version)
+    SELECT s_id, count(*) FROM t
+    WHERE (
+        SELECT count(pg_advisory_xact_lock(hashtext('segue.streams'), k))
+        FROM (
+            SELECT DISTINCT hashtext(s_id) & {STREAM_LOCK_KEYS - 1} AS k FROM t ORDER BY k
+        ) AS keys
+    ) > 0
+    GROUP BY s_id ORDER BY s_id
+    ON CONFLICT (stream_id) DO UPDATE SET version = st.version + EXCLUDED.version
+    RETURNING stream_id, version
+), e AS (
+    INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
+                        payload, metadata)
+    SELECT t.s_id,
+           s.version - count(*) OVER (PARTITION BY t.s_id)
+                     + row_number() OVER (PARTITION BY t.s_id ORDER BY t.ord),
+           t.e_id, t.e_t, t.e_sv, t.p::jsonb, t.m::jsonb
+    FROM t JOIN s ON s.stream_id = t.s_id
+    ORDER BY t.ord
+    RETURNING global_position, stream_id, stream_version, event_id, tx_id, recorded_at
+), i AS (
+    INSERT INTO event_ids (event_id, global_position, stream_id, stream_version)
+    SELECT event_id, global_position, stream_id, stream_version FROM e
+)
+SELECT array_agg(global_position ORDER BY global_position),
+       array_agg(stream_version ORDER BY global_position),
+       min(tx_id)::text,
+       min(recorded_at)
+FROM e
+"""
+
 _READ_ALL = """
 SELECT global_position, tx_id::text, recorded_at, stream_id, stream_version, event_id,
        event_type, schema_version, payload::text, metadata::text
 FROM events
 WHERE (tx_id, global_position) > ($1::text::xid8, $2::bigint)
   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY tx_id, global_position
+ORDER BY events.tx_id, global_position  -- the column, not the text alias: numeric order, indexed
 LIMIT $3
 """
 
@@ -163,6 +227,44 @@ def row_to_event(row: asyncpg.Record) -> StoredEvent:
     )
 
 
+def _stored(
+    events: Sequence[NewEvent],
+    versions: Sequence[int],
+    positions: Sequence[int],
+    tx_id: int,
+    recorded_at: datetime,
+) -> list[StoredEvent]:
+    return [
+        StoredEvent(
+            global_position=position,
+            tx_id=tx_id,
+            recorded_at=recorded_at,
+            stream_id=e.stream_id,
+            stream_version=version,
+            event_id=e.event_id,
+            event_type=e.event_type,
+            schema_version=e.schema_version,
+            payload=e.payload,
+            metadata=e.metadata,
+        )
+        for e, version, position in zip(events, versions, positions, strict=True)
+    ]
+
+
+async def _project(
+    conn: Connection, projections: Sequence[InlineProjection], stored: list[StoredEvent]
+) -> None:
+    for projection in projections:
+        await projection.apply(conn, [s for s in stored if s.event_type in projection.event_types])
+
+
+def _closed(conn: PoolConnectionProxy) -> bool:
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool took it back itself when it closed
+        return True
+
+
 _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
@@ -175,7 +277,11 @@ _UNAVAILABLE = (
 
 
 class PostgresEventStore:
-    """The production event store. Call `start()` before appending and `close()` when done."""
+    """The production event store. Call `start()` before appending and `close()` when done.
+
+    Each flusher keeps the pool connection it writes on from one flush to the next, so the pool
+    needs more connections than all the flushers using it; if it has no more than this store's
+    flushers, they give theirs back after every flush."""
 
     def __init__(
         self,
@@ -191,6 +297,9 @@ class PostgresEventStore:
         self._flusher_count = flushers
         self._inline = tuple(inline)
         self._on_commit = on_commit
+        # Held connections must leave at least one for readers and for a flusher that lost its
+        # own, or a flusher could wait for a connection forever with its batch taken.
+        self._hold = pool.get_max_size() > flushers
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._flushers: list[asyncio.Task[None]] = []
         self.flushes = 0  # transactions committed; appends / flushes is the group-commit factor
@@ -202,7 +311,7 @@ class PostgresEventStore:
         ]
 
     async def close(self) -> None:
-        """Finish what is queued, then stop the flushers."""
+        """Finish what is queued, then stop the flushers (which give back their connections)."""
         await self._queue.join()
         for task in self._flushers:
             task.cancel()
@@ -219,45 +328,94 @@ class PostgresEventStore:
         if not self._flushers:
             raise RuntimeError("PostgresEventStore.start() was not called")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(events, expected or {}, future))
-        # shield: a caller that goes away must not cancel a write other callers share.
-        return await asyncio.shield(future)
+        self._queue.put_nowait(_Pending(events, expected, future))
+        # No shield needed: the future is this caller's alone, and cancelling it only makes the
+        # flusher skip resolving it. The write goes ahead either way, as it must for the others
+        # in its batch; a caller that went away retries with the same ids.
+        return await future
 
     async def _flush_loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            size = len(batch[0].events)
-            while size < self._max_batch_events and not self._queue.empty():
-                pending = self._queue.get_nowait()
-                batch.append(pending)
-                size += len(pending.events)
-            try:
-                await self._flush(batch)
-            except Exception as exc:  # never let one bad flush kill the flusher
-                log.exception("append flush failed")
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+        lane = _Lane()
+        try:
+            while True:
+                if lane.conn is not None and self._queue.empty():
+                    try:
+                        async with asyncio.timeout(IDLE_RELEASE_SECONDS):
+                            first = await self._queue.get()
+                    except TimeoutError:
+                        await self._give_back(lane)
+                        continue
+                else:
+                    first = await self._queue.get()
+                batch = [first]
+                size = len(first.events)
+                while size < self._max_batch_events and not self._queue.empty():
+                    pending = self._queue.get_nowait()
+                    batch.append(pending)
+                    size += len(pending.events)
+                try:
+                    await self._flush(lane, batch)
+                except Exception as exc:  # never let one bad flush kill the flusher
+                    log.exception("append flush failed")
+                    self._fail(batch, exc)
+                    await self._give_back(lane)  # the pool resets whatever state it was left in
+                finally:
+                    for _ in batch:
+                        self._queue.task_done()
+                lane.flushes += 1
+                if not self._hold or lane.flushes >= HOLD_FLUSHES:
+                    await self._give_back(lane)
+        finally:
+            await self._give_back(lane)
 
-    async def _flush(self, batch: list[_Pending]) -> None:
-        for attempt in range(1, MAX_FLUSH_ATTEMPTS + 1):
+    async def _give_back(self, lane: _Lane) -> None:
+        # Let go of it before awaiting: a flusher cancelled half way through must not release
+        # the same connection twice (the pool finishes a release it has begun on its own).
+        conn, lane.conn, lane.flushes = lane.conn, None, 0
+        if conn is None:
+            return
+        try:
+            await self._pool.release(conn)
+        except Exception:  # the pool has already dropped a connection it could not reset
+            log.warning("could not return a flusher connection to the pool", exc_info=True)
+
+    async def _flush(self, lane: _Lane, batch: list[_Pending]) -> None:
+        """Write `batch` on the lane's connection, and resolve its futures."""
+        # Expected versions need reading before writing; without them the batch is written on
+        # the assumption that its ids are new, and the database says if they are not.
+        assume_new = not any(p.expected for p in batch)
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    results = await self._write(conn, batch)
+                if lane.conn is None or _closed(lane.conn):
+                    # A connection found closed before use (the server restarted, or ended an
+                    # idle session) has sent nothing of this batch: replace it and go on.
+                    await self._give_back(lane)
+                    lane.conn = await self._pool.acquire()
+                conn = lane.conn
+                results: list[AppendResult | BaseException] | None = None
+                if assume_new:
+                    results = await self._write_new(conn, batch)
+                    if results is None:
+                        # An event id is stored already, or twice in this batch: the full path
+                        # finds out which and answers with the originals.
+                        assume_new = False
+                if results is None:
+                    async with conn.transaction():
+                        results = await self._write(conn, batch)
             except (_Retry, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 if attempt == MAX_FLUSH_ATTEMPTS:
                     raise
                 continue
             except _UNAVAILABLE as exc:
                 # The commit may or may not have happened: say so, and let the client retry with
-                # the same event ids, which is always safe.
-                err = StoreUnavailable(f"event store unavailable: {exc.__class__.__name__}")
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(err)
+                # the same event ids, which is always safe. The next flush reconnects.
+                unknown = StoreUnavailable(f"event store unavailable: {exc.__class__.__name__}")
+                self._fail(batch, unknown)
+                if lane.conn is not None and not _closed(lane.conn):
+                    lane.conn.terminate()
+                await self._give_back(lane)
                 return
             self.flushes += 1
             for p, result in zip(batch, results, strict=True):
@@ -271,13 +429,65 @@ class PostgresEventStore:
                 self._on_commit()
             return
 
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: BaseException) -> None:
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(exc)
+
+    async def _write_new(
+        self, conn: Connection, batch: list[_Pending]
+    ) -> list[AppendResult | BaseException] | None:
+        """The batch in one statement, or None if one of its event ids is not new."""
+        events = [e for p in batch for e in p.events]
+        args = (
+            [e.stream_id for e in events],
+            [e.event_id for e in events],
+            [e.event_type for e in events],
+            [e.schema_version for e in events],
+            [_dumps(e.payload) for e in events],
+            [_dumps(e.metadata) for e in events],
+        )
+        projections = self._projections_for(events)
+        try:
+            if projections:
+                async with conn.transaction():
+                    row = await conn.fetchrow(_WRITE_NEW, *args)
+                    assert row is not None
+                    stored = _stored(events, row[1], row[0], int(row[2]), row[3])
+                    await _project(conn, projections, stored)
+            else:
+                # No BEGIN and COMMIT: a single statement is a transaction of its own.
+                row = await conn.fetchrow(_WRITE_NEW, *args)
+                assert row is not None
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "pk_event_ids":
+                return None
+            raise
+        positions, versions = row[0], row[1]
+        results: list[AppendResult | BaseException] = []
+        i = 0
+        for p in batch:
+            out = []
+            for e in p.events:
+                out.append(Recorded(e.event_id, e.stream_id, versions[i], positions[i], False))
+                i += 1
+            results.append(AppendResult(tuple(out)))
+        return results
+
+    def _projections_for(self, events: Sequence[NewEvent]) -> list[InlineProjection]:
+        if not self._inline:
+            return []
+        types = {e.event_type for e in events}
+        return [p for p in self._inline if not p.event_types.isdisjoint(types)]
+
     async def _write(
         self, conn: Connection, batch: list[_Pending]
     ) -> list[AppendResult | BaseException]:
         # Streams that are only expected, not written, are locked too: the check must still
         # hold when the transaction commits.
         stream_ids = sorted(
-            {e.stream_id for p in batch for e in p.events}.union(*(p.expected for p in batch))
+            {e.stream_id for p in batch for e in p.events}.union(*(p.expected or () for p in batch))
         )
         await conn.execute(_LOCK_STREAMS, stream_ids)
         event_ids = [e.event_id for p in batch for e in p.events]
@@ -301,7 +511,7 @@ class PostgresEventStore:
             conflict = next(
                 (
                     WrongExpectedVersion(s, exp, versions.get(s, 0))
-                    for s, exp in p.expected.items()
+                    for s, exp in (p.expected or {}).items()
                     if versions.get(s, 0) != exp
                 ),
                 None,
@@ -341,32 +551,22 @@ class PostgresEventStore:
             assert row is not None
             if row["ids_inserted"] != len(fresh) or believed_new.intersection(row["existed"]):
                 raise _Retry()
-            tx_id = int(row["tx_id"])
             position_of = dict(zip(row["ids"], row["positions"], strict=True))
-            recorded_at: datetime = row["recorded_at"]
-            stored = [
-                StoredEvent(
-                    global_position=position_of[e.event_id],
-                    tx_id=tx_id,
-                    recorded_at=recorded_at,
-                    stream_id=e.stream_id,
-                    stream_version=v,
-                    event_id=e.event_id,
-                    event_type=e.event_type,
-                    schema_version=e.schema_version,
-                    payload=e.payload,
-                    metadata=e.metadata,
+            for e, v in fresh:
+                recorded[e.event_id] = Recorded(
+                    e.event_id, e.stream_id, v, position_of[e.event_id], duplicate=False
                 )
-                for e, v in fresh
-            ]
-            for s in stored:
-                recorded[s.event_id] = Recorded(
-                    s.event_id, s.stream_id, s.stream_version, s.global_position, duplicate=False
+            written = [e for e, _ in fresh]
+            projections = self._projections_for(written)
+            if projections:
+                stored = _stored(
+                    written,
+                    [v for _, v in fresh],
+                    [position_of[e.event_id] for e in written],
+                    int(row["tx_id"]),
+                    row["recorded_at"],
                 )
-            for projection in self._inline:
-                mine = [s for s in stored if s.event_type in projection.event_types]
-                if mine:
-                    await projection.apply(conn, mine)
+                await _project(conn, projections, stored)
 
         results: list[AppendResult | BaseException] = []
         for plan_or_error in plans:

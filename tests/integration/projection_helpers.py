@@ -424,7 +424,7 @@ async def committed_events(conn: Connection) -> list[tuple[Position, datetime, D
     rows = await conn.fetch(
         "SELECT global_position, tx_id::text, recorded_at, stream_id, stream_version, event_id, "
         "event_type, schema_version, payload::text, metadata::text FROM events "
-        "ORDER BY tx_id, global_position"
+        "ORDER BY events.tx_id, global_position"
     )
     out = []
     for row in rows:
@@ -473,7 +473,7 @@ async def log_end(conn: Connection) -> Position:
     caught up with events still ahead of it."""
     row = await conn.fetchrow(
         "SELECT tx_id::text, global_position FROM events "
-        "ORDER BY tx_id DESC, global_position DESC LIMIT 1"
+        "ORDER BY events.tx_id DESC, global_position DESC LIMIT 1"
     )
     return Position(0, 0) if row is None else Position(int(row[0]), row[1])
 

@@ -66,3 +66,18 @@ def test_mypy_strict_clean() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_statement_orders_by_the_text_of_tx_id() -> None:
+    """`SELECT tx_id::text ... ORDER BY tx_id` sorts by the text alias ('10' before '9'): a bug
+    that only shows once transaction ids cross a power of ten. Qualify the column instead."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for folder in ("gateway", "tests", "bench")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "ORDER BY tx_id" in line
+        and "an `ORDER BY tx_id`" not in line
+        and 'ORDER BY tx_id" in line' not in line
+    ]
+    assert not offenders, offenders
