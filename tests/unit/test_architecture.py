@@ -68,6 +68,9 @@ def test_mypy_strict_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+EXPLAINS_THE_TRAP = {"test_architecture.py", "test_read_order.py"}
+
+
 def test_no_statement_orders_by_the_text_of_tx_id() -> None:
     """`SELECT tx_id::text ... ORDER BY tx_id` sorts by the text alias ('10' before '9'): a bug
     that only shows once transaction ids cross a power of ten. Qualify the column instead."""
@@ -76,8 +79,6 @@ def test_no_statement_orders_by_the_text_of_tx_id() -> None:
         for folder in ("gateway", "tests", "bench")
         for path in sorted((ROOT / folder).rglob("*.py"))
         for n, line in enumerate(path.read_text().splitlines(), 1)
-        if "ORDER BY tx_id" in line
-        and "an `ORDER BY tx_id`" not in line
-        and 'ORDER BY tx_id" in line' not in line
+        if "ORDER BY tx_id" in line and path.name not in EXPLAINS_THE_TRAP
     ]
     assert not offenders, offenders
