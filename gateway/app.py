@@ -21,6 +21,8 @@ from gateway.appkeys import (
     CATALOG,
     CLOCK,
     DSN,
+    INDEX,
+    INDEX_SERVICE,
     KEYS,
     LIMITER,
     OPENAPI,
@@ -37,6 +39,8 @@ from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog, CatalogProjection
 from gateway.database import create_pool
 from gateway.event_store import PostgresEventStore
+from gateway.index_service import IndexService
+from gateway.indexes import IndexHolder
 from gateway.listeners import Pseudonyms
 from gateway.metrics import FLUSHES, metrics_middleware, publish_lag
 from gateway.openapi import build_spec
@@ -127,6 +131,31 @@ async def _projectors(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+async def _indexes(app: web.Application) -> AsyncIterator[None]:
+    """Every process loads published indexes; in single-node mode this one also builds them."""
+    settings = app[SETTINGS]
+    holder = IndexHolder(settings.index_root)
+    await holder.refresh()
+    service = IndexService(
+        app[DSN],
+        holder,
+        interval_seconds=settings.index_build_interval_seconds,
+        min_new_events=settings.index_min_new_events,
+    )
+    app[INDEX] = holder
+    app[INDEX_SERVICE] = service
+    tasks = [asyncio.create_task(holder.watch(), name="index-watch")]
+    if settings.run_index_builder:
+        tasks.append(asyncio.create_task(service.schedule(), name="index-schedule"))
+    yield
+    for task in tasks:
+        task.cancel()
+    await service.close()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _watch_lag(pool: asyncpg.Pool, every: float = 5.0) -> None:
     """Keep the lag gauges current even when nobody asks for the status."""
     while True:
@@ -147,6 +176,6 @@ def create_app(
     app[DSN] = dsn
     app[CLOCK] = clock
     app[OPENAPI] = build_spec(ENDPOINTS)
-    app.cleanup_ctx.extend([_database, _event_store, _services, _projectors])
+    app.cleanup_ctx.extend([_database, _event_store, _services, _projectors, _indexes])
     setup_routes(app)
     return app

@@ -12,6 +12,8 @@ from aiohttp import web
 from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog
 from gateway.event_store import PostgresEventStore
+from gateway.index_service import IndexService
+from gateway.indexes import IndexHolder
 from gateway.listeners import Pseudonyms
 from gateway.outcomes import OutcomeRecorder
 from gateway.projector import Runner
@@ -35,3 +37,5 @@ OPENAPI = web.AppKey("openapi", dict[str, Any])
 REWARDS = web.AppKey("rewards", RewardsReader)
 RUNNERS = web.AppKey("runners", list[Runner])
 LIMITER = web.AppKey("limiter", RateLimiter)
+INDEX = web.AppKey("index", IndexHolder)
+INDEX_SERVICE = web.AppKey("index_service", IndexService)

@@ -236,6 +236,36 @@ def status(as_json: bool) -> None:
         )
 
 
+# --- index ----------------------------------------------------------------------------------
+
+
+@main.group()
+def index() -> None:
+    """Annoy nearest-neighbour indexes."""
+
+
+@index.command("build")
+def index_build() -> None:
+    """Learn embeddings from the affinity projection, build and publish a new index version.
+    Running gateways pick it up within seconds."""
+    from gateway.index_service import IndexService
+    from gateway.indexes import IndexHolder
+
+    settings = _settings()
+    _setup_logging(settings)
+    url = _database_url(settings)
+    service = IndexService(url, IndexHolder(settings.index_root))
+    click.echo(f"building into {settings.index_root} ...", err=True)
+    entry = asyncio.run(service.build_now())
+    if entry is None:
+        raise click.ClickException("another process is building an index right now")
+    click.echo(
+        f"index {entry['version']} published: {entry['items']} items, "
+        f"{entry['listeners']} listeners, recall@10 {entry['recall_at_10']:.3f}, "
+        f"{entry['seconds']:.1f} s"
+    )
+
+
 # --- db -------------------------------------------------------------------------------------
 
 

@@ -13,7 +13,17 @@ from pydantic import AwareDatetime, BaseModel, TypeAdapter, ValidationError
 
 from domain.events import ItemUpserted
 from gateway import openapi as openapi_doc
-from gateway.appkeys import CATALOG, CLOCK, OPENAPI, OUTCOMES, POOL, RECOMMENDER, REWARDS
+from gateway.appkeys import (
+    CATALOG,
+    CLOCK,
+    INDEX,
+    INDEX_SERVICE,
+    OPENAPI,
+    OUTCOMES,
+    POOL,
+    RECOMMENDER,
+    REWARDS,
+)
 from gateway.catalog import CatalogItem
 from gateway.metrics import publish_lag
 from gateway.problems import ProblemError, from_validation
@@ -21,6 +31,7 @@ from gateway.projector import status as projection_status
 from gateway.rewards_reader import SurfaceRewards
 from gateway.schemas import (
     HealthOut,
+    IndexOut,
     ItemBody,
     ItemId,
     ItemOut,
@@ -74,7 +85,10 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     raw = await request.read()
     if not raw.strip():
         raise ProblemError(400, "empty-body", "Empty body", "a JSON body is required", field="body")
-    return model.model_validate_json(raw)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
 
 
 def path_item_id(request: web.Request) -> str:
@@ -197,6 +211,15 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     except Exception as exc:
         checks["database"] = f"unreachable: {exc.__class__.__name__}"
     ready = all(v == "ok" for v in checks.values())
+    # An index is not needed to answer (new installs serve without one), so it is reported
+    # here but does not decide readiness.
+    holder = request.app[INDEX]
+    if holder.error is not None:
+        checks["index"] = f"serving the previous index: {holder.error}"
+    elif holder.current is None:
+        checks["index"] = "none yet"
+    else:
+        checks["index"] = f"ok (version {holder.current.version})"
     return reply(
         ReadyOut(status="ready" if ready else "not ready", checks=checks),
         status=200 if ready else 503,
@@ -302,5 +325,26 @@ async def admin_status(request: web.Request) -> web.StreamResponse:
                 for r in rows
             ],
             events=int(events),
+            index=index_out(request),
         )
     )
+
+
+def index_out(request: web.Request) -> IndexOut:
+    service = request.app[INDEX_SERVICE]
+    current = request.app[INDEX].current
+    manifest = current.manifest if current is not None else {}
+    return IndexOut(
+        version=manifest.get("version"),
+        built_at=datetime.fromisoformat(manifest["built_at"]) if manifest else None,
+        items=int(manifest.get("items", 0)),
+        recall_at_10=manifest.get("recall_at_10"),
+        position=manifest.get("position"),
+        building=service.building,
+        error=request.app[INDEX].error or service.last_error,
+    )
+
+
+async def rebuild_index(request: web.Request) -> web.StreamResponse:
+    request.app[INDEX_SERVICE].request_build()
+    return reply(index_out(request), status=202)

@@ -132,8 +132,6 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         return response
     except ProblemError as exc:
         return exc.response()
-    except ValidationError as exc:
-        return from_validation(exc).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -129,6 +129,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         schemas.StatusOut,
     ),
     Endpoint(
+        "POST",
+        "/v1/admin/index/rebuild",
+        handlers.rebuild_index,
+        "Build and publish a new index now (in the background)",
+        "admin",
+        Scope.ADMIN,
+        None,
+        schemas.IndexOut,
+        status=202,
+    ),
+    Endpoint(
         "GET", "/healthz", handlers.healthz, "Liveness", "service", None, None, schemas.HealthOut
     ),
     Endpoint(

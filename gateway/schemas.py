@@ -278,6 +278,17 @@ class ProjectionStatusOut(_Model):
     lag_seconds: float
 
 
+class IndexOut(_Model):
+    version: str | None = Field(description="The version this process serves; null if none")
+    built_at: datetime | None
+    items: int
+    recall_at_10: float | None = Field(description="Measured against exact search at build")
+    position: int | None = Field(description="The affinity position the index reflects")
+    building: bool
+    error: str | None = Field(description="Why the newest published version was not loaded")
+
+
 class StatusOut(_Model):
     projections: list[ProjectionStatusOut]
     events: int = Field(description="Events in the store")
+    index: IndexOut

@@ -47,12 +47,26 @@ class Settings(BaseSettings):
         "`segue project` runs them elsewhere.",
     )
     projector_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    index_dir: Path | None = Field(
+        default=None, description="Where index versions are written; default <data_dir>/index"
+    )
+    run_index_builder: bool = Field(
+        default=True,
+        description="Build indexes inside `segue serve` (single-node mode); one process builds "
+        "at a time, every process loads what was published.",
+    )
+    index_build_interval_seconds: Annotated[float, Field(gt=0)] = 600.0
+    index_min_new_events: Annotated[int, Field(ge=1)] = 1000
     rate_limit_per_second: Annotated[float, Field(gt=0)] = Field(
         default=500.0, description="Requests per second per API key, per gateway process"
     )
     rate_limit_burst: Annotated[float, Field(ge=1)] = Field(
         default=1000.0, description="Requests a key may make at once before being limited"
     )
+
+    @property
+    def index_root(self) -> Path:
+        return self.index_dir or self.data_dir / "index"
 
     @field_validator("database_url")
     @classmethod

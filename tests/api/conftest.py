@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import EllipsisType
 from typing import Any
 
@@ -53,14 +55,17 @@ def unhandled_loop_errors_fail() -> Iterator[None]:
 @asynccontextmanager
 async def serving(db_url: str, **settings: Any) -> AsyncIterator[str]:
     """The real app on a real socket; yields its base URL (no trailing slash). Keys are not
-    cached, so a revocation is seen by the very next request; `settings` override the rest."""
-    app = create_app(Settings(database_url=db_url, **{"key_cache_seconds": 0, **settings}), db_url)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    cached, so a revocation is seen by the very next request; files (indexes) go to a folder of
+    its own; `settings` override the rest."""
+    with tempfile.TemporaryDirectory(prefix="segue-api-") as data_dir:
+        defaults = {"key_cache_seconds": 0, "data_dir": Path(data_dir)}
+        app = create_app(Settings(database_url=db_url, **{**defaults, **settings}), db_url)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            yield str(server.make_url("")).rstrip("/")
+        finally:
+            await server.close()
 
 
 @asynccontextmanager

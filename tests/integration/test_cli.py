@@ -144,3 +144,22 @@ def test_serve_on_the_embedded_database(embedded_env: dict[str, str]) -> None:
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "RuntimeDirWarning" not in output
+
+
+async def test_index_build_publishes_where_gateways_look(
+    env: dict[str, str], db_url: str, tmp_path: Path
+) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.executemany(
+            "INSERT INTO catalog_items (item_id, kind, attributes, global_position) "
+            "VALUES ($1, 'track', '{}', 0)",
+            [(f"it{i}",) for i in range(25)],
+        )
+    finally:
+        await conn.close()
+    result = run(["index", "build"], env)
+    assert result.returncode == 0, result.stderr
+    assert "published: 25 items" in result.stdout
+    manifest = tmp_path / "index" / "manifest.json"
+    assert manifest.exists()
