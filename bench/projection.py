@@ -206,7 +206,7 @@ async def main() -> None:
             r[0]: (int(r[1]), Decimal(r[2]))
             for r in await conn.fetch(
                 f'SELECT item_id, sum(served), sum(reward_sum) FROM "{schema}".item_rewards '
-                "WHERE surface = '*' GROUP BY item_id"
+                "GROUP BY item_id"
             )
         }
         expected = {r[0]: (int(r[1]), Decimal(r[2])) for r in baseline}

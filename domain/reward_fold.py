@@ -7,11 +7,11 @@ what to write: new keyed rows, and additive deltas keyed by the event's `recorde
 aggregates "as of T" are the deltas recorded up to T).
 
 Rules:
-- A slate counts once per item as served, per surface and in total (`surface = "*"`).
+- A slate counts once per item as served, per surface, and once per position.
 - An outcome naming a recommendation is that recommendation's reward when its item was in the
   slate and it happened within the kind's attribution window after the slate was served (a
-  minute of clock skew is tolerated). Every outcome counts, attributed or not, in the item's
-  organic outcome counts (`surface = "*"`); an attributed one also under the slate's surface.
+  minute of clock skew is tolerated). An attributed outcome counts under the slate's surface,
+  any other under `ORGANIC`; an item's outcome counts are the sum over both.
 - An impression's reward is the weighted sum of its attributed outcomes; item aggregates keep
   the sum and the sum of squares of impression rewards over served impressions (unrewarded
   impressions are zeros), which is what a Gaussian posterior of the mean needs.
@@ -40,7 +40,9 @@ from domain.events import (
 )
 from domain.rewards import RewardDefinition
 
-ALL = "*"
+# Outcomes not attributed to a slate are stored under this surface; totals over every surface
+# are summed when read rather than stored twice.
+ORGANIC = ""
 CLOCK_SKEW = timedelta(minutes=1)
 ZERO = Decimal(0)
 
@@ -100,7 +102,8 @@ class RewardChanges:
     item_rewards: dict[tuple[str, str, datetime], list[Decimal]] = field(
         default_factory=lambda: defaultdict(lambda: [ZERO, ZERO, ZERO])
     )
-    positions: dict[tuple[str, str, int, datetime], int] = field(
+    # (item, position, at) -> times served there
+    positions: dict[tuple[str, int, datetime], int] = field(
         default_factory=lambda: defaultdict(int)
     )
     outcomes: dict[tuple[str, str, str, datetime], int] = field(
@@ -142,9 +145,8 @@ def fold(
                 state.served[event.recommendation_id] = served
                 changes.served[event.recommendation_id] = served
                 for s in event.slate:
-                    for surface in (event.surface, ALL):
-                        changes.item_rewards[(s.item_id, surface, at)][0] += 1
-                        changes.positions[(s.item_id, surface, s.position, at)] += 1
+                    changes.item_rewards[(s.item_id, event.surface, at)][0] += 1
+                    changes.positions[(s.item_id, s.position, at)] += 1
             case ItemUpserted():
                 show = event.attributes.get("show")
                 value = show if isinstance(show, str) and show else None
@@ -166,7 +168,6 @@ def _outcome(
     horizon: int,
 ) -> None:
     kind = o.kind.value
-    changes.outcomes[(o.item_id, ALL, kind, at)] += 1
     attributed: Served | None = None
     if o.recommendation_id is not None:
         served = state.served.get(o.recommendation_id)
@@ -182,20 +183,21 @@ def _outcome(
     is_stream = o.kind in definition.stream_kinds
     show = state.shows.get(o.item_id)
 
+    changes.outcomes[
+        (o.item_id, ORGANIC if attributed is None else attributed.surface, kind, at)
+    ] += 1
     if attributed is not None:
         assert o.recommendation_id is not None
         key = (o.recommendation_id, o.item_id)
-        changes.outcomes[(o.item_id, attributed.surface, kind, at)] += 1
         w = definition.weight(o.kind, o.value)
         if w:
             before = state.impressions.get(key, ZERO)
             after = before + w
             state.impressions[key] = after
             changes.impressions[key] = after
-            for surface in (attributed.surface, ALL):
-                agg = changes.item_rewards[(o.item_id, surface, at)]
-                agg[1] += w
-                agg[2] += after * after - before * before
+            agg = changes.item_rewards[(o.item_id, attributed.surface, at)]
+            agg[1] += w
+            agg[2] += after * after - before * before
         if is_stream and key not in state.traces:
             # The listener who streamed, not the slate's (a blend serves several listeners).
             start = day_number(attributed.requested_at)

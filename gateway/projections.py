@@ -91,8 +91,8 @@ class RewardsProjection:
             f"CREATE TABLE {s}.item_rewards (item_id text, surface text, at timestamptz, "
             "served bigint NOT NULL, reward_sum numeric NOT NULL, reward_sq numeric NOT NULL, "
             "PRIMARY KEY (item_id, surface, at))",
-            f"CREATE TABLE {s}.item_positions (item_id text, surface text, position int, "
-            "at timestamptz, served bigint NOT NULL, PRIMARY KEY (item_id, surface, position, at))",
+            f"CREATE TABLE {s}.item_positions (item_id text, position int, "
+            "at timestamptz, served bigint NOT NULL, PRIMARY KEY (item_id, position, at))",
             f"CREATE TABLE {s}.item_outcomes (item_id text, surface text, kind text, "
             "at timestamptz, n bigint NOT NULL, PRIMARY KEY (item_id, surface, kind, at))",
             f"CREATE TABLE {s}.lt_starts (item_id text, start_day int, at timestamptz, "
@@ -260,7 +260,7 @@ class RewardsProjection:
         await _add(
             conn,
             f"{s}.item_positions",
-            ["text", "text", "int", "timestamptz"],
+            ["text", "int", "timestamptz"],
             "served",
             c.positions,
         )

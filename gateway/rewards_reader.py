@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -25,7 +26,7 @@ from domain.longterm import (
     posterior,
     uninformed_prior,
 )
-from domain.reward_fold import ALL, day_number
+from domain.reward_fold import ORGANIC, day_number
 from domain.rewards import RewardDefinition
 from gateway.projections import q
 from gateway.projector import Version, live_version
@@ -54,6 +55,23 @@ class ItemRewards:
     long_term: LongTermEstimate
     horizon_days: int
     projected_through: datetime | None
+
+
+def total_of(
+    surfaces: Iterable[SurfaceRewards], outcomes: Mapping[str, Mapping[str, int]]
+) -> SurfaceRewards:
+    """An item's totals: the sum over surfaces, with outcomes attributed or not."""
+    every = list(surfaces)
+    kinds: dict[str, int] = defaultdict(int)
+    for counts in outcomes.values():
+        for kind, n in counts.items():
+            kinds[kind] += n
+    return SurfaceRewards(
+        sum(s.served for s in every),
+        dict(kinds),
+        sum((s.reward_sum for s in every), Decimal(0)),
+        sum((s.reward_sq for s in every), Decimal(0)),
+    )
 
 
 class LiveVersions:
@@ -115,10 +133,9 @@ class RewardsReader:
             )
             positions = await conn.fetch(
                 f"SELECT position, sum(served) FROM {s}.item_positions "
-                "WHERE item_id = $1 AND surface = $3 AND at <= $2 GROUP BY position",
+                "WHERE item_id = $1 AND at <= $2 GROUP BY position",
                 item_id,
                 as_of,
-                ALL,
             )
             starts = await conn.fetch(
                 f"SELECT start_day, sum(traces) FROM {s}.lt_starts "
@@ -146,10 +163,11 @@ class RewardsReader:
             for surface, served, total, sq in rewards
         }
         for surface in counts:
-            by_surface.setdefault(
-                surface, SurfaceRewards(0, counts[surface], Decimal(0), Decimal(0))
-            )
-        total = by_surface.pop(ALL, SurfaceRewards(0, {}, Decimal(0), Decimal(0)))
+            if surface != ORGANIC:
+                by_surface.setdefault(
+                    surface, SurfaceRewards(0, counts[surface], Decimal(0), Decimal(0))
+                )
+        total = total_of(by_surface.values(), counts)
         sums, observed = observed_days(
             {int(r[0]): int(r[1]) for r in starts},
             {(int(r[0]), int(r[1])): int(r[2]) for r in active},

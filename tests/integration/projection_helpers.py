@@ -39,14 +39,14 @@ from domain.longterm import (
     posterior,
     uninformed_prior,
 )
-from domain.reward_fold import ALL, RewardChanges, RewardState, day_number, fold
+from domain.reward_fold import ORGANIC, RewardChanges, RewardState, day_number, fold
 from domain.rewards import DEFAULT, RewardDefinition
 from domain.upcasting import decode
 from gateway.database import create_pool
 from gateway.event_store import Connection, PostgresEventStore, row_to_event
 from gateway.projections import Projection, q
 from gateway.projector import Runner, Version, create_version
-from gateway.rewards_reader import SurfaceRewards
+from gateway.rewards_reader import SurfaceRewards, total_of
 from gateway.store_api import NewEvent, Position
 
 K = OutcomeKind
@@ -553,7 +553,7 @@ _KEYS = {
     "user_days": 3,
     "activity": 3,
     "item_rewards": 3,
-    "item_positions": 4,
+    "item_positions": 3,
     "item_outcomes": 4,
     "lt_starts": 3,
     "lt_active": 4,
@@ -629,12 +629,12 @@ def expected_item(
     for (item, surface, kind, _), times in changes.outcomes.items():
         if item == item_id:
             counts[surface][kind] += times
-    surfaces = set(served) | set(counts)
+    surfaces = (set(served) | set(counts)) - {ORGANIC}
     every = {s: SurfaceRewards(served[s], dict(counts[s]), sums[s], squares[s]) for s in surfaces}
-    total = every.pop(ALL, SurfaceRewards(0, {}, Decimal(0), Decimal(0)))
+    total = total_of(every.values(), counts)
     positions: dict[int, int] = defaultdict(int)
-    for (item, surface, position, _), times in changes.positions.items():
-        if item == item_id and surface == ALL:
+    for (item, position, _), times in changes.positions.items():
+        if item == item_id:
             positions[position] += times
     return ExpectedItem(
         total, every, dict(positions), long_term(changes, item_id, as_of, definition)

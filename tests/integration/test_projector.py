@@ -33,7 +33,7 @@ from domain.events import (
     SlateEntry,
 )
 from domain.longterm import fit_prior, observed_days, posterior, uninformed_prior
-from domain.reward_fold import ALL, RewardChanges, day_number
+from domain.reward_fold import ORGANIC, RewardChanges, day_number
 from domain.rewards import DEFAULT
 from gateway.projections import PROJECTIONS, q
 from gateway.projector import (
@@ -180,7 +180,7 @@ async def test_incremental_projection_equals_a_rebuild_from_zero(
     assert len(want["traces"]) > 50
     assert len(want["activity"]) > 30
     assert any(v < 0 for v in want["impressions"].values())
-    assert {k[1] for k in want["item_outcomes"]} == {ALL, "home", "search", "podcasts", "music"}
+    assert {k[1] for k in want["item_outcomes"]} == {ORGANIC, "home", "search", "podcasts", "music"}
     started = set(want["lt_starts"])
     assert any((item, start, at) in started for item, start, _, at in want["lt_active"]), (
         "no trace saw come-backs reported before it started"

@@ -33,7 +33,7 @@ from domain.events import (
 )
 from domain.listener_fold import ListenerChanges, fold_listeners, heard_kinds
 from domain.reward_fold import (
-    ALL,
+    ORGANIC,
     RewardChanges,
     RewardState,
     day_number,
@@ -103,6 +103,15 @@ def rewards(c: RewardChanges) -> dict[tuple[str, str], tuple[int, Decimal, Decim
     return {k: (int(v[0]), v[1], v[2]) for k, v in out.items()}
 
 
+def totals(c: RewardChanges) -> dict[str, tuple[int, Decimal, Decimal]]:
+    """Per item, summed over surfaces: what the reader reports as the item's total."""
+    out: dict[str, tuple[int, Decimal, Decimal]] = {}
+    for (item, _), (n, total, squares) in rewards(c).items():
+        before = out.get(item, (0, Decimal(0), Decimal(0)))
+        out[item] = (before[0] + n, before[1] + total, before[2] + squares)
+    return out
+
+
 def agg(served: int, total: float | str, squares: float | str) -> tuple[int, Decimal, Decimal]:
     return served, Decimal(str(total)), Decimal(str(squares))
 
@@ -121,19 +130,11 @@ def test_a_slate_counts_each_item_per_surface_and_in_total_with_positions() -> N
     _, c = run([served(rid(1), ["a", "b"], surface="home"), served(rid(2), ["b"], surface="music")])
     assert rewards(c) == {
         ("a", "home"): agg(1, 0, 0),
-        ("a", ALL): agg(1, 0, 0),
         ("b", "home"): agg(1, 0, 0),
         ("b", "music"): agg(1, 0, 0),
-        ("b", ALL): (2, 0, 0),
     }
-    assert summed(c.positions) == {
-        ("a", "home", 0): 1,
-        ("a", ALL, 0): 1,
-        ("b", "home", 1): 1,
-        ("b", "music", 0): 1,
-        ("b", ALL, 1): 1,
-        ("b", ALL, 0): 1,
-    }
+    assert totals(c)["b"] == agg(2, 0, 0)
+    assert summed(c.positions) == {("a", 0): 1, ("b", 1): 1, ("b", 0): 1}
     assert set(c.served) == {rid(1), rid(2)}
     assert c.served[rid(1)].positions == {"a": 0, "b": 1}
 
@@ -149,9 +150,9 @@ def test_an_outcome_within_its_window_is_the_recommendations_reward() -> None:
             outcome(K.STREAM_30S, "a", T0 + timedelta(hours=6), rid(1)),
         ]
     )
-    assert summed(c.outcomes) == {("a", ALL, "stream_30s"): 1, ("a", "home", "stream_30s"): 1}
+    assert summed(c.outcomes) == {("a", "home", "stream_30s"): 1}
     assert rewards(c)[("a", "home")] == agg(1, 1, 1)
-    assert rewards(c)[("a", ALL)] == agg(1, 1, 1)
+    assert totals(c)["a"] == agg(1, 1, 1)
     assert c.impressions == {(rid(1), "a"): Decimal(1)}
 
 
@@ -170,7 +171,7 @@ def test_an_outcome_within_its_window_is_the_recommendations_reward() -> None:
 )
 def test_an_unattributed_outcome_counts_only_as_organic(why: str, event: OutcomeRecorded) -> None:
     _state, c = run([served(rid(1), ["a"]), event])
-    assert summed(c.outcomes) == {(event.item_id, ALL, "stream_30s"): 1}, why
+    assert summed(c.outcomes) == {(event.item_id, ORGANIC, "stream_30s"): 1}, why
     assert all(r[1] == 0 and r[2] == 0 for r in rewards(c).values())
     assert not c.impressions
     assert not c.traces
@@ -237,8 +238,8 @@ def test_sum_of_squares_is_over_impression_rewards() -> None:
     r = rewards(c)
     assert r[("a", "home")] == agg(1, 3, 9)
     assert r[("a", "music")] == agg(1, "-0.5", "0.25")
-    assert r[("a", ALL)] == agg(2, "2.5", "9.25")
-    assert r[("b", ALL)] == agg(1, 0, 0)  # unrewarded impressions are zeros
+    assert totals(c)["a"] == agg(2, "2.5", "9.25")
+    assert totals(c)["b"] == agg(1, 0, 0)  # unrewarded impressions are zeros
     assert c.impressions == {(rid(1), "a"): 3, (rid(2), "a"): Decimal("-0.5")}
 
 
@@ -252,7 +253,7 @@ def test_a_reward_that_cancels_out_leaves_no_square() -> None:
             outcome(K.SKIP, "a", T0, rid(1)),
         ]
     )
-    assert rewards(c)[("a", ALL)] == agg(1, 0, 0)
+    assert totals(c)["a"] == agg(1, 0, 0)
 
 
 # --- long-term traces ------------------------------------------------------------------------
