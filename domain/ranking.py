@@ -34,6 +34,9 @@ class Candidate:
     reward_mean: float = 0.0  # posterior mean of the short-term reward of one impression
     reward_sd: float = 0.0  # its posterior standard deviation
     long_term: float = 0.0  # expected active days after a stream (progressive estimate)
+    # Orders equal scores. A fixed function of (listener, item), never a draw: the greedy slate
+    # must be a function of the request for its logged propensities to be exact.
+    tiebreak: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,10 @@ def greedy(
 ) -> list[tuple[Candidate, float]]:
     """The best `n` by score, at most `max_per_group` per artist or show; when the limit leaves
     the slate short, the best of the rest fill it (a short slate helps nobody)."""
-    ranked = sorted(((c, score(c, p)) for c in candidates), key=lambda cs: (-cs[1], cs[0].item_id))
+    ranked = sorted(
+        ((c, score(c, p)) for c in candidates),
+        key=lambda cs: (-cs[1], cs[0].tiebreak, cs[0].item_id),
+    )
     chosen: list[tuple[Candidate, float]] = []
     per_group: dict[str, int] = {}
     held_back: list[tuple[Candidate, float]] = []
@@ -128,7 +134,10 @@ def blend_greedy(
     """One slate for several listeners: members take turns picking their best remaining item
     (by their own scores), so everyone gets items predicted for them, not only the average."""
     ranked = [
-        sorted(((c, score(c, p)) for c in _dedupe(m)), key=lambda cs: (-cs[1], cs[0].item_id))
+        sorted(
+            ((c, score(c, p)) for c in _dedupe(m)),
+            key=lambda cs: (-cs[1], cs[0].tiebreak, cs[0].item_id),
+        )
         for m in members
     ]
     chosen: list[tuple[Candidate, float]] = []

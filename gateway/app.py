@@ -32,8 +32,10 @@ from gateway.appkeys import (
     RECOMMENDER,
     REWARDS,
     RUNNERS,
+    SCORES,
     SETTINGS,
     STORE,
+    VERSIONS,
 )
 from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog, CatalogProjection
@@ -52,6 +54,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.recommendations import Recommender
 from gateway.rewards_reader import LiveVersions, RewardsReader
 from gateway.routes import ENDPOINTS, setup_routes
+from gateway.scores import ItemScores
 from gateway.settings import Settings
 
 
@@ -104,11 +107,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     settings, pool, store, clock = app[SETTINGS], app[POOL], app[STORE], app[CLOCK]
     app[CATALOG] = Catalog(pool, store, settings.catalog_cache_seconds)
     app[PSEUDONYMS] = Pseudonyms(pool)
-    app[RECOMMENDER] = Recommender(store, app[CATALOG], app[PSEUDONYMS], clock)
+    app[RECOMMENDER] = Recommender(
+        pool, store, app[CATALOG], app[PSEUDONYMS], clock, app[INDEX], app[SCORES], app[VERSIONS]
+    )
     app[OUTCOMES] = OutcomeRecorder(store, SlateLookup(pool), app[PSEUDONYMS], clock)
     app[KEYS] = KeyVerifier(pool, settings.key_cache_seconds)
     app[LIMITER] = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-    app[REWARDS] = RewardsReader(pool, LiveVersions(pool))
+    app[REWARDS] = RewardsReader(pool, app[VERSIONS])
     yield
 
 
@@ -144,7 +149,12 @@ async def _indexes(app: web.Application) -> AsyncIterator[None]:
     )
     app[INDEX] = holder
     app[INDEX_SERVICE] = service
-    tasks = [asyncio.create_task(holder.watch(), name="index-watch")]
+    app[VERSIONS] = LiveVersions(app[POOL])
+    app[SCORES] = ItemScores(app[POOL], app[VERSIONS])
+    tasks = [
+        asyncio.create_task(holder.watch(), name="index-watch"),
+        asyncio.create_task(app[SCORES].watch(), name="item-scores"),
+    ]
     if settings.run_index_builder:
         tasks.append(asyncio.create_task(service.schedule(), name="index-schedule"))
     yield
@@ -176,6 +186,6 @@ def create_app(
     app[DSN] = dsn
     app[CLOCK] = clock
     app[OPENAPI] = build_spec(ENDPOINTS)
-    app.cleanup_ctx.extend([_database, _event_store, _services, _projectors, _indexes])
+    app.cleanup_ctx.extend([_database, _event_store, _indexes, _services, _projectors])
     setup_routes(app)
     return app

@@ -19,7 +19,8 @@ from gateway.outcomes import OutcomeRecorder
 from gateway.projector import Runner
 from gateway.ratelimit import RateLimiter
 from gateway.recommendations import Recommender
-from gateway.rewards_reader import RewardsReader
+from gateway.rewards_reader import LiveVersions, RewardsReader
+from gateway.scores import ItemScores
 from gateway.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -39,3 +40,5 @@ RUNNERS = web.AppKey("runners", list[Runner])
 LIMITER = web.AppKey("limiter", RateLimiter)
 INDEX = web.AppKey("index", IndexHolder)
 INDEX_SERVICE = web.AppKey("index_service", IndexService)
+SCORES = web.AppKey("scores", ItemScores)
+VERSIONS = web.AppKey("versions", LiveVersions)

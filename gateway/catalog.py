@@ -73,6 +73,12 @@ class CatalogProjection:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveItem:
+    kind: str
+    group: str | None  # artist or show: what the diversity limit counts
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogItem:
     item_id: str
     kind: str
@@ -89,7 +95,7 @@ class Catalog:
         self._store = store
         self._ttl = cache_seconds
         self._loaded_at = -1e18
-        self._live: dict[str, str] = {}
+        self._live: dict[str, LiveItem] = {}
         # Bumped by every change this process makes; a load that raced one is not cached.
         self._generation = 0
 
@@ -98,17 +104,18 @@ class Catalog:
         self._generation += 1
         self._loaded_at = -1e18
 
-    async def live(self) -> dict[str, str]:
-        """item id -> kind, for every item not retired."""
+    async def live(self) -> dict[str, LiveItem]:
+        """Every item not retired, by id."""
         now = time.monotonic()
         if now - self._loaded_at < self._ttl:
             return self._live
         while True:
             generation = self._generation
             rows = await self._pool.fetch(
-                "SELECT item_id, kind FROM catalog_items WHERE NOT retired"
+                "SELECT item_id, kind, coalesce(attributes->>'artist', attributes->>'show') "
+                "FROM catalog_items WHERE NOT retired"
             )
-            live = {r[0]: r[1] for r in rows}
+            live = {r[0]: LiveItem(r[1], r[2]) for r in rows}
             if generation == self._generation:
                 self._live, self._loaded_at = live, now
                 return live

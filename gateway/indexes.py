@@ -238,7 +238,9 @@ class LoadedIndex:
     def version(self) -> str:
         return str(self.manifest["version"])
 
-    def nearest(self, vector: Sequence[float], n: int, search_k: int) -> list[tuple[str, float]]:
+    def nearest(
+        self, vector: Sequence[float] | NDArray[np.float64], n: int, search_k: int
+    ) -> list[tuple[str, float]]:
         ids, dists = self.annoy.get_nns_by_vector(
             list(vector), n, search_k=search_k, include_distances=True
         )

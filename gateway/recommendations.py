@@ -1,29 +1,50 @@
-"""Serving a slate: pick eligible items, draw a slate with exact propensities, log it durably.
+"""Serving a slate: gather candidates, filter, score, draw with exact propensities, log durably.
 
-Until the ranking policy lands, the slate is drawn uniformly from the eligible live catalogue;
-the logged `RecommendationServed` event is already complete, so these slates can be used to
-evaluate later policies offline.
+Candidates come from the Annoy index (the listener's vector -> nearest items), from the caller in
+rerank mode, and from an exploration pool: items added since the index was built, items whose
+reward is still uncertain, and the best items by reward (all a listener with no history has).
+The policy (`domain.ranking`) scores them from affinity and the reward posteriors, keeps the
+slate diverse, and explores with probabilities it logs exactly in `RecommendationServed`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from domain.events import RecommendationServed, to_payload
-from domain.policy import UNIFORM, seed_from, uniform_slate
-from gateway.catalog import Catalog
+import asyncpg
+import numpy as np
+
+from domain.embeddings import fold_in
+from domain.events import RecommendationServed, SlateEntry, to_payload
+from domain.policy import seed_from
+from domain.ranking import Candidate, PolicyParams, draw_slate
+from gateway.catalog import Catalog, LiveItem
+from gateway.indexes import IndexHolder, LoadedIndex
 from gateway.listeners import Pseudonyms
+from gateway.projections import q
+from gateway.rewards_reader import LiveVersions
 from gateway.schemas import ItemKind, RecommendationIn, Surface
+from gateway.scores import ItemScores
 from gateway.store_api import NO_STREAM, EventStore, NewEvent
 
 NO_INDEX = "none"
+INDEX_CANDIDATES = 200
+EXPLORE_NEW = 100  # items added since the index was built, at most, per request
+EXPLORE_UNCERTAIN = 50
+COLD_START = 100
+UNCERTAIN_BELOW = 50  # impressions
 
 SURFACE_KINDS: dict[Surface, frozenset[str]] = {
     Surface.PODCASTS: frozenset({ItemKind.EPISODE, ItemKind.SHOW}),
     Surface.MUSIC: frozenset({ItemKind.TRACK, ItemKind.ALBUM, ItemKind.ARTIST, ItemKind.PLAYLIST}),
 }
+# Where a listener may be offered what they already heard: music is for replaying, and search
+# and shelves rank what the caller asked for.
+REPLAYS_ALLOWED = frozenset({Surface.MUSIC, Surface.SEARCH, Surface.SHELF})
 
 
 def allowed_kinds(surface: Surface, kinds: list[ItemKind]) -> frozenset[str] | None:
@@ -35,41 +56,157 @@ def allowed_kinds(surface: Surface, kinds: list[ItemKind]) -> frozenset[str] | N
     return wanted if by_surface is None else wanted & by_surface
 
 
+def tiebreak(user: str, item: str) -> float:
+    """A fixed pseudo-random order of equal scores, different for every listener."""
+    digest = hashlib.blake2b(f"{user}\0{item}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 class Recommender:
     def __init__(
         self,
+        pool: asyncpg.Pool,
         store: EventStore,
         catalog: Catalog,
         pseudonyms: Pseudonyms,
         clock: Callable[[], datetime],
+        index: IndexHolder,
+        scores: ItemScores,
+        versions: LiveVersions,
+        params: PolicyParams | None = None,
+        search_k: int = 5000,
     ) -> None:
+        self._pool = pool
         self._store = store
         self._catalog = catalog
         self._pseudonyms = pseudonyms
         self._clock = clock
+        self._index = index
+        self._scores = scores
+        self._versions = versions
+        self.params = params or PolicyParams()
+        self._search_k = search_k
+
+    async def heard(self, user: str) -> set[str]:
+        """What this listener has already streamed (the listeners projection)."""
+        version = await self._versions.get("listeners")
+        if version is None:
+            return set()
+        rows = await self._pool.fetch(
+            f"SELECT item_id FROM {q(version.schema)}.history WHERE listener = $1", user
+        )
+        return {r[0] for r in rows}
+
+    async def listener_vector(self, index: LoadedIndex, user: str) -> np.ndarray | None:
+        row = index.listener_row.get(user)
+        if row is not None:
+            vector: np.ndarray = index.listener_vectors[row]
+            return vector
+        # Not in the last fit: fold in from what they did since, if anything.
+        version = await self._versions.get("listeners")
+        if version is None:
+            return None
+        rows = await self._pool.fetch(
+            f"SELECT item_id, weight::float8 FROM {q(version.schema)}.affinity WHERE listener = $1",
+            user,
+        )
+        known = [(index.item_row[i], float(w)) for i, w in rows if i in index.item_row]
+        if not known:
+            return None
+        return fold_in(
+            index.item_vectors,
+            np.array([k for k, _ in known], dtype=np.int64),
+            np.array([w for _, w in known], dtype=np.float64),
+        )
+
+    def _candidates(
+        self,
+        user: str,
+        ids: Iterable[str],
+        live: dict[str, LiveItem],
+        index: LoadedIndex | None,
+        vector: np.ndarray | None,
+        affinity: dict[str, float],
+    ) -> list[Candidate]:
+        out = []
+        for item in ids:
+            score = self._scores.get(item)
+            aff = affinity.get(item)
+            if aff is None and vector is not None and index is not None:
+                row = index.item_row.get(item)
+                aff = float(index.item_vectors[row] @ vector) if row is not None else 0.0
+            out.append(
+                Candidate(
+                    item_id=item,
+                    group=live[item].group,
+                    affinity=aff or 0.0,
+                    reward_mean=score.reward_mean,
+                    reward_sd=score.reward_sd,
+                    long_term=score.long_term,
+                    tiebreak=tiebreak(user, item),
+                )
+            )
+        return out
 
     async def recommend(self, req: RecommendationIn) -> RecommendationServed:
         recommendation_id = uuid.uuid4()
+        rng = seed_from(recommendation_id.int)
         user = await self._pseudonyms.one(req.user_id)
         live = await self._catalog.live()
         kinds = allowed_kinds(req.surface, req.kinds)
-        pool = req.candidates if req.candidates is not None else list(live)
         excluded = set(req.exclude)
+        if req.surface not in REPLAYS_ALLOWED and req.candidates is None:
+            excluded |= await self.heard(user)
+        index = self._index.current
+        vector = await self.listener_vector(index, user) if index is not None else None
+
+        affinity: dict[str, float] = {}
+        if req.candidates is not None:
+            pool: list[str] = list(req.candidates)
+        else:
+            pool = []
+            if index is not None and vector is not None:
+                for item, dot in index.nearest(vector, INDEX_CANDIDATES, self._search_k):
+                    affinity[item] = dot
+                    pool.append(item)
+            pool += self._exploration_pool(live, index, rng)
+
         eligible = [
             i
-            for i in pool
-            if i in live and i not in excluded and (kinds is None or live[i] in kinds)
+            for i in dict.fromkeys(pool)
+            if i in live and i not in excluded and (kinds is None or live[i].kind in kinds)
         ]
-        slate = uniform_slate(eligible, req.n, seed_from(recommendation_id.int))
+        candidates = self._candidates(user, eligible, live, index, vector, affinity)
+        slate = draw_slate(candidates, req.n, self.params, rng) if candidates else ()
+        return await self._log(recommendation_id, user, req, slate, index)
+
+    def _exploration_pool(
+        self, live: dict[str, LiveItem], index: LoadedIndex | None, rng: random.Random
+    ) -> list[str]:
+        """New items (not in the index yet), uncertain ones, and the best by reward."""
+        new = [i for i in live if index is None or i not in index.item_row]
+        uncertain = [i for i in live if self._scores.get(i).served < UNCERTAIN_BELOW]
+        pool = rng.sample(sorted(new), min(EXPLORE_NEW, len(new)))
+        pool += rng.sample(sorted(uncertain), min(EXPLORE_UNCERTAIN, len(uncertain)))
+        return pool + self._scores.best(COLD_START)
+
+    async def _log(
+        self,
+        recommendation_id: uuid.UUID,
+        user: str,
+        req: RecommendationIn,
+        slate: tuple[SlateEntry, ...],
+        index: LoadedIndex | None,
+    ) -> RecommendationServed:
         event = RecommendationServed(
             recommendation_id=recommendation_id,
             user=user,
             surface=req.surface.value,
             context=dict(req.context),
             slate=slate,
-            policy_name=UNIFORM.name,
-            policy_version=UNIFORM.version,
-            index_version=NO_INDEX,
+            policy_name=self.params.name,
+            policy_version=self.params.version,
+            index_version=index.version if index is not None else NO_INDEX,
             requested_at=self._clock(),
             candidates=tuple(req.candidates) if req.candidates is not None else None,
             exclude=tuple(req.exclude),

@@ -27,6 +27,7 @@ from domain.events import (
     OutcomeRecorded,
     RecommendationServed,
 )
+from domain.ranking import PolicyParams
 from domain.upcasting import decode
 from gateway.client import SegueClient, SegueError, outcome
 from gateway.routes import ENDPOINTS
@@ -68,6 +69,18 @@ def catalogue(kinds: dict[str, int]) -> list[dict[str, Any]]:
 
 def slate_ids(answer: dict[str, Any]) -> list[str]:
     return [s["item_id"] for s in answer["items"]]
+
+
+POLICY = PolicyParams()
+
+
+def assert_exact_propensities(items: list[dict[str, Any]], eligible: int) -> None:
+    """The policy serves its greedy slate with probability 1 - epsilon and a uniform one
+    otherwise, so an item's propensity at a position is one of two values."""
+    greedy = (1 - POLICY.epsilon) + POLICY.epsilon / eligible
+    uniform = POLICY.epsilon / eligible
+    for s in items:
+        assert s["propensity"] in (pytest.approx(greedy), pytest.approx(uniform)), s
 
 
 # --- catalogue ------------------------------------------------------------------------------
@@ -224,8 +237,8 @@ async def test_a_recommendation_is_answered_and_logged_in_full(
     assert [s["position"] for s in answer["items"]] == [0, 1, 2, 3, 4]
     assert len(set(slate_ids(answer))) == 5
     assert not {"track-0", "episode-0"} & set(slate_ids(answer))
-    assert all(s["propensity"] == pytest.approx(1 / eligible) for s in answer["items"])
-    assert answer["policy"] == {"name": "uniform", "version": "1"}
+    assert_exact_propensities(answer["items"], eligible)
+    assert answer["policy"] == {"name": POLICY.name, "version": POLICY.version}
     assert isinstance(answer["index_version"], str)
     assert answer["index_version"]
 
@@ -236,7 +249,7 @@ async def test_a_recommendation_is_answered_and_logged_in_full(
         {"item_id": s.item_id, "position": s.position, "score": s.score, "propensity": s.propensity}
         for s in event.slate
     ] == answer["items"]
-    assert (event.policy_name, event.policy_version) == ("uniform", "1")
+    assert (event.policy_name, event.policy_version) == (POLICY.name, POLICY.version)
     assert event.index_version == answer["index_version"]
     assert event.surface == "home"
     assert event.context == context
@@ -261,7 +274,7 @@ async def test_the_slate_is_never_longer_than_the_eligible_items(client: SegueCl
     answer = await client.recommend("u1", n=10)
     assert sorted(slate_ids(answer)) == ["track-0", "track-1", "track-2"]
     assert [s["position"] for s in answer["items"]] == [0, 1, 2]
-    assert all(s["propensity"] == pytest.approx(1 / 3) for s in answer["items"])
+    assert_exact_propensities(answer["items"], 3)
 
 
 async def test_every_recommendation_has_its_own_id(
@@ -282,7 +295,7 @@ async def test_rerank_returns_only_the_callers_live_candidates(
     candidates = ["track-1", "track-3", "not-in-catalogue", "track-5", "track-7", "track-7"]
     answer = await client.recommend("u1", surface="search", n=10, candidates=candidates)
     assert sorted(slate_ids(answer)) == ["track-1", "track-5", "track-7"]
-    assert all(s["propensity"] == pytest.approx(1 / 3) for s in answer["items"])
+    assert_exact_propensities(answer["items"], 3)
     [event] = (await served_events(db)).values()
     assert event.candidates == tuple(candidates)
     assert event.surface == "search"
@@ -297,14 +310,14 @@ async def test_exclude_removes_items(client: SegueClient) -> None:
     await client.upsert_items(catalogue({"track": 5}))
     answer = await client.recommend("u1", n=10, exclude=["track-0", "track-4", "unknown"])
     assert sorted(slate_ids(answer)) == ["track-1", "track-2", "track-3"]
-    assert all(s["propensity"] == pytest.approx(1 / 3) for s in answer["items"])
+    assert_exact_propensities(answer["items"], 3)
 
 
 async def test_kinds_filter(client: SegueClient) -> None:
     await client.upsert_items(catalogue({"track": 4, "episode": 3, "show": 2, "album": 1}))
     answer = await client.recommend("u1", n=100, kinds=["episode", "album"])
     assert sorted(slate_ids(answer)) == ["album-0", "episode-0", "episode-1", "episode-2"]
-    assert all(s["propensity"] == pytest.approx(1 / 4) for s in answer["items"])
+    assert_exact_propensities(answer["items"], 4)
 
 
 @pytest.mark.parametrize(
@@ -321,7 +334,7 @@ async def test_surfaces_restrict_kinds(client: SegueClient, surface: str, kinds:
     answer = await client.recommend("u1", surface=surface, n=100)
     expected = sorted(f"{k}-{i}" for k in kinds for i in range(2))
     assert sorted(slate_ids(answer)) == expected
-    assert all(s["propensity"] == pytest.approx(1 / len(expected)) for s in answer["items"])
+    assert_exact_propensities(answer["items"], len(expected))
 
 
 async def test_an_empty_catalogue_gives_an_empty_slate(
@@ -341,7 +354,7 @@ async def test_defaults_surface_home_and_n_10(api: Api, client: SegueClient) -> 
     reply = await api.post("/v1/recommendations", {"user_id": "u1"})
     assert reply.status == 200, reply.body
     assert len(reply.json()["items"]) == 10
-    assert all(s["propensity"] == pytest.approx(1 / 16) for s in reply.json()["items"])
+    assert_exact_propensities(reply.json()["items"], 16)
 
 
 # --- outcomes -------------------------------------------------------------------------------
