@@ -77,7 +77,7 @@ class RecommendationServed:
     """A slate as served: enough to replay the request and to evaluate any other policy offline."""
 
     TYPE: ClassVar[str] = "RecommendationServed"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
     recommendation_id: UUID
     user: str
@@ -93,6 +93,8 @@ class RecommendationServed:
     exclude: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
     n: int = 10
+    # A blend's listeners (pseudonyms), `user` being the first; empty for one listener.
+    members: tuple[str, ...] = ()
 
     def stream_id(self) -> str:
         return f"recommendation-{self.recommendation_id}"
@@ -158,6 +160,7 @@ def to_payload(event: DomainEvent) -> JSON:
                     "exclude": list(event.exclude),
                     "kinds": list(event.kinds),
                 },
+                "members": list(event.members),
             }
         case OutcomeRecorded():
             return {
@@ -214,6 +217,7 @@ def from_current_payload(event_type: str, payload: JSON) -> DomainEvent:
             exclude=tuple(request.get("exclude") or ()),
             kinds=tuple(request.get("kinds") or ()),
             n=int(request["n"]),
+            members=tuple(payload.get("members") or ()),
         )
     if event_type == OutcomeRecorded.TYPE:
         rec = payload.get("recommendation_id")

@@ -107,16 +107,22 @@ def draw_slate(
     pool = _dedupe(candidates)
     if not pool:
         return ()
-    top = greedy(pool, n, p)
+    return explore([c for c, _ in greedy(pool, n, p)], pool, p, rng)
+
+
+def explore(
+    top: Sequence[Candidate], pool: Sequence[Candidate], p: PolicyParams, rng: random.Random
+) -> tuple[SlateEntry, ...]:
+    """Serve the greedy slate `top` with probability 1 - epsilon, else a uniform random slate of
+    as many of the `pool`'s items; log each position's exact propensity."""
     scores = {c.item_id: score(c, p) for c in pool}
     size = len(pool)
     # Draw the branch first, always, so the generator's use does not depend on the branch taken.
-    explore = rng.random() < p.epsilon
-    if explore:
-        order = [c.item_id for c in rng.sample(pool, len(top))]
+    if rng.random() < p.epsilon:
+        order = [c.item_id for c in rng.sample(list(pool), len(top))]
     else:
-        order = [c.item_id for c, _ in top]
-    greedy_ids = [c.item_id for c, _ in top]
+        order = [c.item_id for c in top]
+    greedy_ids = [c.item_id for c in top]
     return tuple(
         SlateEntry(
             item_id=item,
@@ -126,6 +132,19 @@ def draw_slate(
         )
         for k, item in enumerate(order)
     )
+
+
+def draw_blend(
+    members: Sequence[Sequence[Candidate]], n: int, p: PolicyParams, rng: random.Random
+) -> tuple[SlateEntry, ...]:
+    """One slate for a group, explored like any other (the pool is every member's candidates;
+    a candidate's score is that of the first member who has it)."""
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    pool = _dedupe(c for m in members for c in m)
+    if not pool:
+        return ()
+    return explore([c for c, _ in blend_greedy(members, n, p)], pool, p, rng)
 
 
 def blend_greedy(

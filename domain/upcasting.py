@@ -57,3 +57,9 @@ def _recommendation_served_v1(payload: JSON) -> JSON:
     out["policy"] = {"name": payload["policy_name"], "version": payload["policy_version"]}
     out["request"] = {"n": len(payload["slate"]), "candidates": None, "exclude": [], "kinds": []}
     return out
+
+
+@upcaster(RecommendationServed.TYPE, 2)
+def _recommendation_served_v2(payload: JSON) -> JSON:
+    # v3 added blends: a slate served to several listeners lists them; before, there were none.
+    return {**payload, "members": []}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import orjson
 import prometheus_client
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, TypeAdapter, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
 
-from domain.events import ItemUpserted
+from domain.events import ItemUpserted, RecommendationServed
 from gateway import openapi as openapi_doc
 from gateway.appkeys import (
     CATALOG,
@@ -28,8 +28,10 @@ from gateway.catalog import CatalogItem
 from gateway.metrics import publish_lag
 from gateway.problems import ProblemError, from_validation
 from gateway.projector import status as projection_status
+from gateway.recommendations import NO_INDEX
 from gateway.rewards_reader import SurfaceRewards
 from gateway.schemas import (
+    BlendIn,
     HealthOut,
     IndexOut,
     ItemBody,
@@ -47,14 +49,20 @@ from gateway.schemas import (
     RecommendationIn,
     RecommendationOut,
     RewardOut,
+    SimilarItemOut,
+    SimilarOut,
     SlateItemOut,
     StatusOut,
     SurfaceRewardsOut,
+    UserId,
 )
 
 M = TypeVar("M", bound=BaseModel)
 
 _ITEM_ID: TypeAdapter[str] = TypeAdapter(ItemId)
+_USER_ID: TypeAdapter[str] = TypeAdapter(UserId)
+# Query strings are text: "5" is 5 here (the JSON bodies stay strict).
+_N: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=1, le=100)])
 
 
 def reply(model: BaseModel, status: int = 200) -> web.Response:
@@ -111,19 +119,68 @@ def item_out(item: CatalogItem | ItemUpserted, version: int, retired: bool = Fal
 
 async def recommend(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, RecommendationIn)
-    served = await request.app[RECOMMENDER].recommend(body)
+    return reply(recommendation_out(await request.app[RECOMMENDER].recommend(body)))
+
+
+async def blend(request: web.Request) -> web.StreamResponse:
+    body = await parse_body(request, BlendIn)
+    seen: set[str] = set()
+    for i, user in enumerate(body.user_ids):
+        if user in seen:
+            raise ProblemError(
+                422,
+                "validation",
+                "Invalid request",
+                f"listener {user!r} appears twice",
+                field=f"user_ids[{i}]",
+            )
+        seen.add(user)
+    return reply(recommendation_out(await request.app[RECOMMENDER].blend(body)))
+
+
+def query_n(request: web.Request) -> int:
+    try:
+        return _N.validate_python(request.query.get("n", "10"))
+    except ValidationError as exc:
+        raise from_validation(exc, prefix="n") from None
+
+
+async def discover(request: web.Request) -> web.StreamResponse:
+    try:
+        user_id = _USER_ID.validate_python(request.match_info["user_id"])
+    except ValidationError as exc:
+        raise from_validation(exc, prefix="user_id") from None
+    n = query_n(request)
+    return reply(recommendation_out(await request.app[RECOMMENDER].discover(user_id, n)))
+
+
+async def similar(request: web.Request) -> web.StreamResponse:
+    item_id = path_item_id(request)
+    n = query_n(request)
+    if await request.app[CATALOG].get(item_id) is None:
+        raise _not_found(item_id)
+    found = request.app[RECOMMENDER].similar(item_id, n)
+    items, version = found if found is not None else ([], NO_INDEX)
     return reply(
-        RecommendationOut(
-            recommendation_id=served.recommendation_id,
-            items=[
-                SlateItemOut(
-                    item_id=s.item_id, position=s.position, score=s.score, propensity=s.propensity
-                )
-                for s in served.slate
-            ],
-            policy=PolicyOut(name=served.policy_name, version=served.policy_version),
-            index_version=served.index_version,
+        SimilarOut(
+            item_id=item_id,
+            items=[SimilarItemOut(item_id=i, score=s) for i, s in items],
+            index_version=version,
         )
+    )
+
+
+def recommendation_out(served: RecommendationServed) -> RecommendationOut:
+    return RecommendationOut(
+        recommendation_id=served.recommendation_id,
+        items=[
+            SlateItemOut(
+                item_id=s.item_id, position=s.position, score=s.score, propensity=s.propensity
+            )
+            for s in served.slate
+        ],
+        policy=PolicyOut(name=served.policy_name, version=served.policy_version),
+        index_version=served.index_version,
     )
 
 

@@ -14,6 +14,7 @@ import random
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -21,17 +22,20 @@ import numpy as np
 from domain.embeddings import fold_in
 from domain.events import RecommendationServed, SlateEntry, to_payload
 from domain.policy import seed_from
-from domain.ranking import Candidate, PolicyParams, draw_slate
+from domain.ranking import Candidate, PolicyParams, draw_blend, draw_slate
+from domain.upcasting import decode
 from gateway.catalog import Catalog, LiveItem
 from gateway.indexes import IndexHolder, LoadedIndex
 from gateway.listeners import Pseudonyms
 from gateway.projections import q
 from gateway.rewards_reader import LiveVersions
-from gateway.schemas import ItemKind, RecommendationIn, Surface
+from gateway.schemas import BlendIn, ItemKind, RecommendationIn, Surface
 from gateway.scores import ItemScores
-from gateway.store_api import NO_STREAM, EventStore, NewEvent
+from gateway.store_api import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 
 NO_INDEX = "none"
+DISCOVER = "discover"
+DISCOVER_NAMESPACE = uuid.UUID("9a6c2f5e-3b1d-4c8e-a0f7-6d2b9e4c1a35")
 INDEX_CANDIDATES = 200
 EXPLORE_NEW = 100  # items added since the index was built, at most, per request
 EXPLORE_UNCERTAIN = 50
@@ -148,21 +152,28 @@ class Recommender:
             )
         return out
 
-    async def recommend(self, req: RecommendationIn) -> RecommendationServed:
-        recommendation_id = uuid.uuid4()
-        rng = seed_from(recommendation_id.int)
-        user = await self._pseudonyms.one(req.user_id)
+    async def _gather(
+        self,
+        user: str,
+        surface: Surface,
+        kinds_wanted: list[ItemKind],
+        exclude: Iterable[str],
+        caller: list[str] | None,
+        rng: random.Random,
+        *,
+        replays: bool,
+    ) -> list[Candidate]:
+        """The eligible, scored candidates for one listener."""
         live = await self._catalog.live()
-        kinds = allowed_kinds(req.surface, req.kinds)
-        excluded = set(req.exclude)
-        if req.surface not in REPLAYS_ALLOWED and req.candidates is None:
+        kinds = allowed_kinds(surface, kinds_wanted)
+        excluded = set(exclude)
+        if not replays:
             excluded |= await self.heard(user)
         index = self._index.current
         vector = await self.listener_vector(index, user) if index is not None else None
-
         affinity: dict[str, float] = {}
-        if req.candidates is not None:
-            pool: list[str] = list(req.candidates)
+        if caller is not None:
+            pool: list[str] = list(caller)
         else:
             pool = []
             if index is not None and vector is not None:
@@ -170,15 +181,95 @@ class Recommender:
                     affinity[item] = dot
                     pool.append(item)
             pool += self._exploration_pool(live, index, rng)
-
         eligible = [
             i
             for i in dict.fromkeys(pool)
             if i in live and i not in excluded and (kinds is None or live[i].kind in kinds)
         ]
-        candidates = self._candidates(user, eligible, live, index, vector, affinity)
+        return self._candidates(user, eligible, live, index, vector, affinity)
+
+    async def recommend(self, req: RecommendationIn) -> RecommendationServed:
+        recommendation_id = uuid.uuid4()
+        rng = seed_from(recommendation_id.int)
+        user = await self._pseudonyms.one(req.user_id)
+        replays = req.surface in REPLAYS_ALLOWED or req.candidates is not None
+        candidates = await self._gather(
+            user, req.surface, req.kinds, req.exclude, req.candidates, rng, replays=replays
+        )
         slate = draw_slate(candidates, req.n, self.params, rng) if candidates else ()
-        return await self._log(recommendation_id, user, req, slate, index)
+        return await self._log(
+            recommendation_id,
+            user,
+            req.surface.value,
+            slate,
+            context=req.context,
+            n=req.n,
+            candidates=req.candidates,
+            exclude=req.exclude,
+            kinds=req.kinds,
+        )
+
+    async def blend(self, req: BlendIn) -> RecommendationServed:
+        """One slate for a group: each member's own candidates, members taking turns."""
+        recommendation_id = uuid.uuid4()
+        rng = seed_from(recommendation_id.int)
+        pseudonyms = await self._pseudonyms.resolve(req.user_ids)
+        members = [pseudonyms[u] for u in req.user_ids]
+        replays = req.surface in REPLAYS_ALLOWED
+        lists = [
+            await self._gather(m, req.surface, req.kinds, req.exclude, None, rng, replays=replays)
+            for m in members
+        ]
+        slate = draw_blend(lists, req.n, self.params, rng) if any(lists) else ()
+        return await self._log(
+            recommendation_id,
+            members[0],
+            req.surface.value,
+            slate,
+            context=req.context,
+            n=req.n,
+            exclude=req.exclude,
+            kinds=req.kinds,
+            members=members,
+        )
+
+    async def discover(self, user_id: str, n: int) -> RecommendationServed:
+        """Items new to the listener, the same all ISO week: the week's first request draws and
+        logs the slate under an id derived from (listener, week, n); later ones read it back."""
+        user = await self._pseudonyms.one(user_id)
+        year, week, _ = self._clock().isocalendar()
+        recommendation_id = uuid.uuid5(DISCOVER_NAMESPACE, f"{user}/{year}-W{week:02d}/{n}")
+        logged = await self._logged(recommendation_id)
+        if logged is not None:
+            return logged
+        rng = seed_from(recommendation_id.int)
+        candidates = await self._gather(user, Surface.HOME, [], [], None, rng, replays=False)
+        slate = draw_slate(candidates, n, self.params, rng) if candidates else ()
+        try:
+            return await self._log(recommendation_id, user, DISCOVER, slate, n=n)
+        except WrongExpectedVersion:
+            # A concurrent first request of the week won; its slate is the week's.
+            logged = await self._logged(recommendation_id)
+            assert logged is not None
+            return logged
+
+    async def _logged(self, recommendation_id: uuid.UUID) -> RecommendationServed | None:
+        events = await self._store.read_stream(f"recommendation-{recommendation_id}")
+        if not events:
+            return None
+        e = events[0]
+        event = decode(e.event_type, e.schema_version, e.payload)
+        assert isinstance(event, RecommendationServed)
+        return event
+
+    def similar(self, item_id: str, n: int) -> tuple[list[tuple[str, float]], str] | None:
+        """The items nearest to `item_id` in the current index; None if it is not indexed."""
+        index = self._index.current
+        if index is None or item_id not in index.item_row:
+            return None
+        vector = index.item_vectors[index.item_row[item_id]]
+        near = index.nearest(vector, n + 1, self._search_k)
+        return [(i, d) for i, d in near if i != item_id][:n], index.version
 
     def _exploration_pool(
         self, live: dict[str, LiveItem], index: LoadedIndex | None, rng: random.Random
@@ -194,24 +285,32 @@ class Recommender:
         self,
         recommendation_id: uuid.UUID,
         user: str,
-        req: RecommendationIn,
+        surface: str,
         slate: tuple[SlateEntry, ...],
-        index: LoadedIndex | None,
+        *,
+        n: int,
+        context: dict[str, Any] | None = None,
+        candidates: list[str] | None = None,
+        exclude: list[str] | None = None,
+        kinds: list[ItemKind] | None = None,
+        members: list[str] | None = None,
     ) -> RecommendationServed:
+        index = self._index.current
         event = RecommendationServed(
             recommendation_id=recommendation_id,
             user=user,
-            surface=req.surface.value,
-            context=dict(req.context),
+            surface=surface,
+            context=dict(context or {}),
             slate=slate,
             policy_name=self.params.name,
             policy_version=self.params.version,
             index_version=index.version if index is not None else NO_INDEX,
             requested_at=self._clock(),
-            candidates=tuple(req.candidates) if req.candidates is not None else None,
-            exclude=tuple(req.exclude),
-            kinds=tuple(k.value for k in req.kinds),
-            n=req.n,
+            candidates=tuple(candidates) if candidates is not None else None,
+            exclude=tuple(exclude or ()),
+            kinds=tuple(k.value for k in kinds or ()),
+            n=n,
+            members=tuple(members or ()),
         )
         await self._store.append(
             [

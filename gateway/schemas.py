@@ -292,3 +292,28 @@ class StatusOut(_Model):
     projections: list[ProjectionStatusOut]
     events: int = Field(description="Events in the store")
     index: IndexOut
+
+
+# --- blends, similar items ------------------------------------------------------------------
+
+
+class BlendIn(_Model):
+    user_ids: Annotated[list[UserId], Field(min_length=2, max_length=10)] = Field(
+        description="2-10 distinct listeners sharing one slate"
+    )
+    surface: Surface = Surface.HOME
+    n: Annotated[int, Field(ge=1, le=100)] = 10
+    context: JsonObject = Field(default_factory=dict)
+    exclude: Annotated[list[ItemId], Field(max_length=1000)] = Field(default_factory=list)
+    kinds: Annotated[list[ItemKind], Field(max_length=len(ItemKind))] = Field(default_factory=list)
+
+
+class SimilarItemOut(_Model):
+    item_id: str
+    score: float = Field(description="Dot product of the item embeddings: higher is closer")
+
+
+class SimilarOut(_Model):
+    item_id: str
+    items: list[SimilarItemOut]
+    index_version: str

@@ -63,6 +63,7 @@ def _valid_bodies() -> dict[type[BaseModel], Any]:
         },
         schemas.ItemsIn: {"items": [{"item_id": "auth-item", "kind": "track"}]},
         schemas.ItemBody: {"kind": "track", "attributes": {"from": "auth"}},
+        schemas.BlendIn: {"user_ids": ["auth-user", "auth-friend"], "n": 3},
     }
 
 
@@ -76,16 +77,16 @@ def _ids(ep: Endpoint) -> str:
 
 async def call(api: Api, ep: Endpoint, *, headers: dict[str, str] | None = None) -> Any:
     """Call `ep` with a valid body and path, sending only the Authorization given in `headers`."""
-    path = ep.path.replace("{item_id}", "auth-item")
+    path = ep.path.replace("{item_id}", "auth-item").replace("{user_id}", "auth-user")
     payload = _valid_bodies()[ep.body] if ep.body is not None else None
     return await api.request(ep.method, path, json=payload, headers=headers, key=None)
 
 
 async def test_every_guarded_route_is_covered() -> None:
     assert GUARDED, "no guarded routes found in ENDPOINTS"
-    # `call` fills only {item_id}; a route with another path parameter needs a value there.
+    # `call` fills only these; a route with another path parameter needs a value there.
     placeholders = {p for ep in GUARDED for p in re.findall(r"{\w+}", ep.path)}
-    assert placeholders <= {"{item_id}"}
+    assert placeholders <= {"{item_id}", "{user_id}"}
     for ep in GUARDED:
         assert ep.body is None or ep.body in _valid_bodies(), f"no valid body for {_ids(ep)}"
 
@@ -151,7 +152,7 @@ async def test_a_key_with_just_the_scope_is_let_through(
 @pytest.mark.parametrize("ep", GUARDED, ids=_ids)
 async def test_the_key_is_checked_before_the_body(api: Api, ep: Endpoint) -> None:
     """No key and a broken body: 401, so nothing about the API's validation leaks."""
-    path = ep.path.replace("{item_id}", "x" * 300)
+    path = ep.path.replace("{item_id}", "x" * 300).replace("{user_id}", "y" * 300)
     reply = await api.request(
         ep.method, path, data=b"{not json", headers={"Content-Type": "text/plain"}, key=None
     )

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import ClientSession, ClientTimeout
 
@@ -123,3 +124,87 @@ async def test_propensities_are_the_policys(api: Api) -> None:
     for s in answer["items"]:
         assert 0 < s["propensity"] <= 1
         assert s["propensity"] >= POLICY.epsilon / eligible_max
+
+
+async def test_a_blend_serves_every_member(api: Api, db_url: str) -> None:
+    await two_tastes(api)
+    reply = await api.post("/v1/blends", {"user_ids": ["u0", "u1"], "n": 10})
+    assert reply.status == 200, reply.body
+    answer = reply.json()
+    items = [int(s["item_id"][2:]) for s in answer["items"]]
+    assert len(items) == 10
+    # u0's genre is items 0-39, u1's 40-79: the greedy slate alternates between them.
+    if all(s["propensity"] > 0.5 for s in answer["items"]):
+        assert sum(i < 40 for i in items) == 5
+    # The logged event names both listeners (as pseudonyms) and is attributable by either.
+    rec = answer["recommendation_id"]
+    first = answer["items"][0]["item_id"]
+    for user in ("u0", "u1"):
+        ok = await api.post(
+            "/v1/outcomes",
+            {"outcomes": [outcome(user, first, "stream_30s", recommendation_id=rec)]},
+        )
+        assert ok.status == 200, ok.body
+    conn = await asyncpg.connect(db_url)
+    try:
+        payload = await conn.fetchval(
+            "SELECT payload::text FROM events WHERE stream_id = $1", f"recommendation-{rec}"
+        )
+    finally:
+        await conn.close()
+    assert '"members": [' in payload or '"members":[' in payload
+    assert "u0" not in payload  # pseudonyms only
+
+
+async def test_a_blend_needs_distinct_listeners(api: Api) -> None:
+    reply = await api.post("/v1/blends", {"user_ids": ["u0", "u0"]})
+    assert reply.status == 422
+    assert reply.json()["field"] == "user_ids[1]"
+    reply = await api.post("/v1/blends", {"user_ids": ["u0"]})
+    assert reply.status == 422
+    assert reply.json()["field"] == "user_ids"
+
+
+async def test_discover_is_new_to_the_listener_and_stable_all_week(api: Api, db_url: str) -> None:
+    await two_tastes(api)
+    first = await api.get("/v1/users/u0/discover?n=8")
+    assert first.status == 200, first.body
+    again = await api.get("/v1/users/u0/discover?n=8")
+    assert again.json() == first.json()
+    items = {s["item_id"] for s in first.json()["items"]}
+    assert len(items) == 8
+    # Nothing u0 already streamed, which the history projection records.
+    conn = await asyncpg.connect(db_url)
+    try:
+        schema = await conn.fetchval(
+            "SELECT schema_name FROM projections WHERE name = 'listeners' AND status = 'live'"
+        )
+        heard = {
+            r[0]
+            for r in await conn.fetch(
+                f'SELECT h.item_id FROM "{schema}".history h JOIN listeners l '
+                "ON l.pseudonym::text = h.listener WHERE l.user_id = 'u0'"
+            )
+        }
+    finally:
+        await conn.close()
+    assert len(heard) == 8
+    assert not heard & items
+    other = await api.get("/v1/users/u2/discover?n=8")
+    assert other.json()["recommendation_id"] != first.json()["recommendation_id"]
+    bad = await api.get("/v1/users/u0/discover?n=0")
+    assert bad.status == 422
+    assert bad.json()["field"] == "n"
+
+
+async def test_similar_items_come_from_the_same_taste(api: Api) -> None:
+    await two_tastes(api)
+    reply = await api.get("/v1/items/it05/similar?n=5")
+    assert reply.status == 200, reply.body
+    body = reply.json()
+    assert body["index_version"] != "none"
+    near = [int(s["item_id"][2:]) for s in body["items"]]
+    assert len(near) == 5
+    assert 5 not in near
+    assert sum(i < 40 for i in near) >= 4
+    assert (await api.get("/v1/items/nope/similar")).status == 404

@@ -110,3 +110,11 @@ def test_outcome_stream_is_per_listener() -> None:
     a = OutcomeRecorded(uuid.uuid4(), "p-1", "tr-1", OutcomeKind.SAVE, NOW)
     b = OutcomeRecorded(uuid.uuid4(), "p-1", "tr-9", OutcomeKind.SKIP, NOW)
     assert a.stream_id() == b.stream_id() == "listener-p-1"
+
+
+def test_recommendation_served_v2_payload_upcasts_to_no_members() -> None:
+    event = EXAMPLES[3]
+    assert isinstance(event, RecommendationServed)
+    v2 = {k: v for k, v in to_payload(event).items() if k != "members"}
+    assert decode("RecommendationServed", 2, v2) == event
+    assert upcast("RecommendationServed", 2, v2)["members"] == []
