@@ -116,3 +116,47 @@ def fold_in(
         item_vectors, [(idx, conf, pref)], params.regularization
     )[0]
     return vector
+
+
+def blend_content(
+    factors: Factors,
+    content: Sequence[Sequence[float] | None],
+    user_idx: NDArray[np.int64],
+    item_idx: NDArray[np.int64],
+    weights: NDArray[np.float64],
+    weight: float,
+    dims: int,
+    seed: int,
+) -> Factors:
+    """Append content to the learned factors, so a dot product adds `weight` x content similarity.
+
+    Items' content vectors (of the most common length; others count as missing) are reduced to
+    `dims` by a seeded Gaussian random projection and normalised; an item without one gets zeros.
+    A listener's content part is the normalised, preference-weighted mean of what they liked. New
+    items with a content vector thereby reach listeners of similar items before anyone played them.
+    """
+    lengths = [len(c) for c in content if c]
+    if not lengths or weight <= 0:
+        return factors
+    width = max(set(lengths), key=lengths.count)
+    rng = np.random.default_rng(seed)
+    projection = rng.normal(size=(width, min(dims, width))) / np.sqrt(min(dims, width))
+    raw = np.zeros((len(content), width))
+    has = np.zeros(len(content), dtype=bool)
+    for i, c in enumerate(content):
+        if c and len(c) == width:
+            raw[i] = c
+            has[i] = True
+    projected = raw @ projection
+    norms = np.linalg.norm(projected, axis=1, keepdims=True)
+    items = np.where(norms > 0, projected / np.where(norms > 0, norms, 1.0), 0.0)
+    liked = weights > 0
+    users = np.zeros((factors.users.shape[0], items.shape[1]))
+    np.add.at(users, user_idx[liked], items[item_idx[liked]] * weights[liked, None])
+    unorm = np.linalg.norm(users, axis=1, keepdims=True)
+    users = np.where(unorm > 0, users / np.where(unorm > 0, unorm, 1.0), 0.0)
+    scale = np.sqrt(weight)
+    return Factors(
+        users=np.hstack([factors.users, users * scale]),
+        items=np.hstack([factors.items, items * scale]),
+    )

@@ -30,7 +30,7 @@ import numpy as np
 from annoy import AnnoyIndex
 from numpy.typing import NDArray
 
-from domain.embeddings import AlsParams, Factors, fit_als
+from domain.embeddings import AlsParams, Factors, blend_content, fit_als
 from gateway.projections import q
 from gateway.projector import live_version
 
@@ -45,6 +45,9 @@ class IndexParams:
     search_k: int = 5000
     seed: int = 42
     als: AlsParams = field(default_factory=AlsParams)
+    # How much content similarity (items' own vectors, when given) adds to learned affinity.
+    content_weight: float = 0.5
+    content_dims: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,7 @@ class TrainingData:
     items: list[str]
     kinds: list[str]
     groups: list[str | None]
+    content: list[list[float] | None]
     rows: NDArray[np.int64]
     cols: NDArray[np.int64]
     weights: NDArray[np.float64]
@@ -63,8 +67,8 @@ async def read_training_data(conn: asyncpg.Connection) -> TrainingData:
     """The affinity matrix restricted to live items, with dense ids for both sides."""
     version = await live_version(conn, "listeners")
     catalogue = await conn.fetch(
-        "SELECT item_id, kind, attributes->>'artist', attributes->>'show' FROM catalog_items "
-        "WHERE NOT retired ORDER BY item_id"
+        "SELECT item_id, kind, attributes->>'artist', attributes->>'show', vector "
+        "FROM catalog_items WHERE NOT retired ORDER BY item_id"
     )
     items = [r[0] for r in catalogue]
     item_row = {item: i for i, item in enumerate(items)}
@@ -99,6 +103,7 @@ async def read_training_data(conn: asyncpg.Connection) -> TrainingData:
         items=items,
         kinds=[r[1] for r in catalogue],
         groups=[r[2] or r[3] for r in catalogue],
+        content=[list(r[4]) if r[4] else None for r in catalogue],
         rows=np.asarray(rows, dtype=np.int64),
         cols=np.asarray(cols, dtype=np.int64),
         weights=np.asarray(weights, dtype=np.float64),
@@ -134,6 +139,17 @@ def build(data: TrainingData, folder: Path, version: str, params: IndexParams) -
         )
     else:
         factors = Factors(np.zeros((0, dims)), np.zeros((len(data.items), dims)))
+    factors = blend_content(
+        factors,
+        data.content,
+        data.rows,
+        data.cols,
+        data.weights,
+        params.content_weight,
+        params.content_dims,
+        params.seed,
+    )
+    dims = factors.items.shape[1]
     index = AnnoyIndex(dims, "dot")
     index.set_seed(params.seed)
     for i, vector in enumerate(factors.items):
@@ -177,6 +193,8 @@ def build(data: TrainingData, folder: Path, version: str, params: IndexParams) -
             "iterations": params.als.iterations,
             "regularization": params.als.regularization,
             "alpha": params.als.alpha,
+            "content_weight": params.content_weight,
+            "dimensions": dims,
         },
         "folder": folder.name,
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from domain.embeddings import AlsParams, fit_als, fold_in
+from domain.embeddings import AlsParams, blend_content, fit_als, fold_in
 
 
 def planted(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
@@ -53,3 +53,23 @@ def test_negative_weights_are_not_preferences() -> None:
     w[u == 0] = -1.0  # listener 0 only skipped things
     f = fit_als(u, i, w, nu, ni, PARAMS)
     assert np.linalg.norm(f.users[0]) < np.linalg.norm(f.users[1:30], axis=1).mean()
+
+
+def test_content_vectors_let_an_unplayed_item_reach_the_right_listeners() -> None:
+    u, i, w, nu, ni = planted()
+    f = fit_als(u, i, w, nu, ni + 1, PARAMS)  # item 40 exists but nobody played it
+    rng = np.random.default_rng(9)
+    first, second = rng.normal(size=16), rng.normal(size=16)
+    content: list[list[float] | None] = [
+        list(first + rng.normal(scale=0.1, size=16))
+        if k < 20
+        else list(second + rng.normal(scale=0.1, size=16))
+        for k in range(40)
+    ]
+    content.append(list(first))  # the new item sounds like the first group's
+    blended = blend_content(f, content, u, i, w, weight=1.0, dims=8, seed=1)
+    assert blended.items.shape == (41, PARAMS.factors + 8)
+    new = blended.items[40]
+    assert (blended.users[:30] @ new).mean() > (blended.users[30:] @ new).mean()
+    # Without content nothing changes.
+    assert blend_content(f, [None] * 41, u, i, w, 1.0, 8, 1) is f
