@@ -14,8 +14,9 @@ import os
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,6 +26,30 @@ from gateway.database import create_pool, migrate
 from gateway.event_store import PostgresEventStore
 
 RUN_ID = secrets.token_hex(4)
+
+
+@contextmanager
+def unhandled_loop_errors_fail() -> Iterator[None]:
+    """Fail if the running loop saw an exception nobody handled (a flusher, a handler)."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    try:
+        yield
+    finally:
+        loop.set_exception_handler(previous)
+    assert not seen, f"unhandled errors in the event loop: {seen}"
+
+
+@pytest.fixture(autouse=True)
+async def _no_unhandled_loop_errors() -> AsyncIterator[None]:
+    """Every test fails if its event loop saw an exception nobody handled. Modules that share
+    one loop across tests override this with a fixture of the same name and scope."""
+    with unhandled_loop_errors_fail():
+        yield
+
+
 _counter = itertools.count()
 
 

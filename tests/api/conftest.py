@@ -7,11 +7,10 @@ answer: status, `application/problem+json`, a stable `type`, a readable `detail`
 
 from __future__ import annotations
 
-import asyncio
 import io
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
@@ -36,20 +35,6 @@ KeyMaker = Callable[..., Awaitable[str]]
 
 
 # --- building blocks, shared by the per-test and the per-module fixtures ---------------------
-
-
-@contextmanager
-def unhandled_loop_errors_fail() -> Iterator[None]:
-    """Fail if the running loop saw an exception nobody handled (a flusher, a handler)."""
-    loop = asyncio.get_running_loop()
-    seen: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: seen.append(context))
-    try:
-        yield
-    finally:
-        loop.set_exception_handler(previous)
-    assert not seen, f"unhandled errors in the event loop: {seen}"
 
 
 @asynccontextmanager
@@ -88,12 +73,6 @@ def key_maker(conn: asyncpg.Connection) -> KeyMaker:
 
 
 # --- per test: a gateway on the test's own fresh database -----------------------------------
-
-
-@pytest.fixture(autouse=True)
-async def _no_unhandled_loop_errors() -> AsyncIterator[None]:
-    with unhandled_loop_errors_fail():
-        yield
 
 
 @pytest.fixture

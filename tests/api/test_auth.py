@@ -21,7 +21,8 @@ from pydantic import BaseModel
 from gateway import schemas
 from gateway.auth import Scope, create_key, revoke_key
 from gateway.routes import ENDPOINTS, Endpoint
-from tests.api.conftest import Api, KeyMaker, expect_problem, unhandled_loop_errors_fail
+from tests.api.conftest import Api, KeyMaker, expect_problem
+from tests.conftest import unhandled_loop_errors_fail
 
 # Many small requests that leave each other alone: one gateway and database for the module.
 pytestmark = pytest.mark.asyncio(loop_scope="module")

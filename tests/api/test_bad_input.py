@@ -19,7 +19,8 @@ import pytest_asyncio
 
 from gateway.schemas import MAX_ITEMS, MAX_JSON_DEPTH, MAX_JSON_NODES, MAX_OUTCOMES
 from gateway.settings import Settings
-from tests.api.conftest import Api, count_events, expect_problem, unhandled_loop_errors_fail
+from tests.api.conftest import Api, count_events, expect_problem
+from tests.conftest import unhandled_loop_errors_fail
 
 # Hundreds of small requests that each leave the data as they found it (or add fresh ids only):
 # one gateway and database for the whole module keeps the run fast.

@@ -39,20 +39,6 @@ pytestmark = pytest.mark.timeout(30)
 DEADLINE = 20.0
 
 
-@pytest.fixture(autouse=True)
-async def _no_unhandled_loop_errors() -> AsyncIterator[None]:
-    """Fail the test if the event loop saw an exception nobody handled (e.g. in a flusher)."""
-    loop = asyncio.get_running_loop()
-    seen: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: seen.append(context))
-    try:
-        yield
-    finally:
-        loop.set_exception_handler(previous)
-    assert not seen, f"unhandled errors in the event loop: {seen}"
-
-
 @pytest.fixture
 async def other_pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A second pool, so that two stores write in separate sessions and transactions."""

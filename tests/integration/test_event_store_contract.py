@@ -6,9 +6,7 @@ PostgreSQL wherever a test does not care about storage, so the two must not drif
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import cast
 from uuid import UUID, uuid4
 
 import pytest
@@ -31,20 +29,6 @@ def store(request: pytest.FixtureRequest) -> EventStore:
         return InMemoryEventStore()
     # Only the PostgreSQL run asks for a database, so the in-memory run needs no server.
     return cast(EventStore, request.getfixturevalue("pg_store"))
-
-
-@pytest.fixture(autouse=True)
-async def _no_unhandled_loop_errors() -> AsyncIterator[None]:
-    """Fail the test if the event loop saw an exception nobody handled (e.g. in a flusher)."""
-    loop = asyncio.get_running_loop()
-    seen: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: seen.append(context))
-    try:
-        yield
-    finally:
-        loop.set_exception_handler(previous)
-    assert not seen, f"unhandled errors in the event loop: {seen}"
 
 
 def event(stream_id: str, n: int = 0) -> NewEvent:

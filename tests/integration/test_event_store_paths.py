@@ -38,20 +38,6 @@ pytestmark = pytest.mark.timeout(60)
 DEADLINE = 20.0
 
 
-@pytest.fixture(autouse=True)
-async def _no_unhandled_loop_errors() -> AsyncIterator[None]:
-    """Fail the test if the event loop saw an exception nobody handled (e.g. in a flusher)."""
-    loop = asyncio.get_running_loop()
-    seen: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: seen.append(context))
-    try:
-        yield
-    finally:
-        loop.set_exception_handler(previous)
-    assert not seen, f"unhandled errors in the event loop: {seen}"
-
-
 @pytest.fixture
 async def raw(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(db_url)
