@@ -237,3 +237,54 @@ async def count_events(db: asyncpg.Connection, event_type: str | None = None) ->
     else:
         n = await db.fetchval("SELECT count(*) FROM events WHERE event_type = $1", event_type)
     return int(n)
+
+
+# --- waiting for the background work of a running gateway ----------------------------------
+
+
+async def admin_status(api: Api) -> dict[str, Any]:
+    reply = await api.get("/v1/admin/status")
+    assert reply.status == 200, reply.body
+    body: dict[str, Any] = reply.json()
+    return body
+
+
+async def projections_caught_up(api: Api) -> dict[str, Any]:
+    """Wait until both projections exist and have applied every committed event."""
+    from tests.integration.projection_helpers import eventually
+
+    seen: dict[str, Any] = {}
+
+    async def done() -> bool:
+        seen.update(await admin_status(api))
+        projections = seen["projections"]
+        names = {p["name"] for p in projections}
+        return names == {"rewards", "listeners"} and all(p["lag_events"] == 0 for p in projections)
+
+    await eventually(done, "the projections to catch up")
+    return seen
+
+
+async def index_built(api: Api) -> str:
+    """Ask for an index build and wait until this gateway serves it; returns its version."""
+    from tests.integration.projection_helpers import eventually
+
+    accepted = await api.post("/v1/admin/index/rebuild")
+    assert accepted.status == 202, accepted.body
+
+    async def built() -> bool:
+        return (await admin_status(api))["index"]["version"] is not None
+
+    await eventually(built, "the index to be built and loaded")
+    version: str = (await admin_status(api))["index"]["version"]
+    return version
+
+
+@pytest.fixture
+async def api_no_scheduled_builds(db_url: str, all_scopes_key: str) -> AsyncIterator[Api]:
+    """A gateway that builds an index only when a test asks for one."""
+    async with (
+        serving(db_url, run_index_builder=False) as url,
+        ClientSession(timeout=ClientTimeout(total=60)) as session,
+    ):
+        yield Api(url, all_scopes_key, session)

@@ -4,35 +4,21 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import ClientSession, ClientTimeout
 
 from domain.ranking import PolicyParams
 from gateway.client import outcome
-from tests.api.conftest import Api, serving
-from tests.integration.projection_helpers import eventually
+from tests.api.conftest import Api, index_built, projections_caught_up
 
 POLICY = PolicyParams()
 
 
 @pytest.fixture
-async def api(db_url: str, all_scopes_key: str) -> AsyncIterator[Api]:
-    async with (
-        serving(db_url, run_index_builder=False) as url,
-        ClientSession(timeout=ClientTimeout(total=60)) as session,
-    ):
-        yield Api(url, all_scopes_key, session)
-
-
-async def status(api: Api) -> dict[str, Any]:
-    reply = await api.get("/v1/admin/status")
-    assert reply.status == 200, reply.body
-    body: dict[str, Any] = reply.json()
-    return body
+def api(api_no_scheduled_builds: Api) -> Api:
+    return api_no_scheduled_builds
 
 
 async def recommend(api: Api, **body: Any) -> dict[str, Any]:
@@ -56,22 +42,8 @@ async def two_tastes(api: Api) -> str:
         own = range(0, 40) if u % 2 == 0 else range(40, 80)
         plays += [outcome(f"u{u}", f"it{i:02d}", "stream_30s") for i in rng.sample(own, 8)]
     assert (await api.post("/v1/outcomes", {"outcomes": plays})).status == 200
-
-    async def caught_up() -> bool:
-        projections = (await status(api))["projections"]
-        return {p["name"] for p in projections} == {"rewards", "listeners"} and all(
-            p["lag_events"] == 0 for p in projections
-        )
-
-    await eventually(caught_up, "the projections to catch up")
-    assert (await api.post("/v1/admin/index/rebuild")).status == 202
-
-    async def built() -> bool:
-        return (await status(api))["index"]["version"] is not None
-
-    await eventually(built, "the index")
-    version: str = (await status(api))["index"]["version"]
-    return version
+    await projections_caught_up(api)
+    return await index_built(api)
 
 
 async def test_listeners_get_their_own_taste_and_not_what_they_heard(api: Api) -> None:
@@ -91,11 +63,7 @@ async def test_home_filters_what_was_heard_and_music_allows_replays(api: Api) ->
     heard = {f"it{i:02d}" for i in range(0, 40, 2)}
     plays = [outcome("fan", item, "stream_30s") for item in sorted(heard)]
     assert (await api.post("/v1/outcomes", {"outcomes": plays})).status == 200
-
-    async def caught_up() -> bool:
-        return all(p["lag_events"] == 0 for p in (await status(api))["projections"])
-
-    await eventually(caught_up, "the projections to catch up")
+    await projections_caught_up(api)
     for _ in range(10):
         home = await recommend(api, user_id="fan", n=20)
         assert not heard & {s["item_id"] for s in home["items"]}
