@@ -138,3 +138,24 @@ async def pg_store(pool: asyncpg.Pool) -> AsyncIterator[PostgresEventStore]:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def other_pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A second pool, so that two stores write in separate sessions and transactions."""
+    p = await create_pool(db_url, min_size=1, max_size=5)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+async def other_store(other_pool: asyncpg.Pool) -> AsyncIterator[PostgresEventStore]:
+    """A second store on the second pool: another process's writes, as far as the first knows."""
+    store = PostgresEventStore(other_pool)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()

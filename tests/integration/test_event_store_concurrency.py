@@ -23,7 +23,6 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway.database import create_pool
 from gateway.event_store import STREAM_LOCK_KEYS, Connection, PostgresEventStore
 from gateway.store_api import (
     START,
@@ -37,26 +36,6 @@ from gateway.store_api import (
 pytestmark = pytest.mark.timeout(30)
 
 DEADLINE = 20.0
-
-
-@pytest.fixture
-async def other_pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    """A second pool, so that two stores write in separate sessions and transactions."""
-    p = await create_pool(db_url, min_size=1, max_size=5)
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
-@pytest.fixture
-async def other_store(other_pool: asyncpg.Pool) -> AsyncIterator[PostgresEventStore]:
-    store = PostgresEventStore(other_pool)
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 @pytest.fixture

@@ -47,16 +47,6 @@ async def raw(db_url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-@pytest.fixture
-async def other_pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    """A second pool: a second store writes in its own sessions, as another process would."""
-    p = await create_pool(db_url, min_size=1, max_size=5)
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
 @dataclass
 class Paths:
     """Which write path each flush of a store took. A `new` entry of False is a one-statement
@@ -85,23 +75,8 @@ def watch(store: PostgresEventStore) -> Paths:
 
 
 @pytest.fixture
-async def store(pool: asyncpg.Pool) -> AsyncIterator[PostgresEventStore]:
-    s = PostgresEventStore(pool)
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-async def other_store(other_pool: asyncpg.Pool) -> AsyncIterator[PostgresEventStore]:
-    s = PostgresEventStore(other_pool)
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.close()
+def store(pg_store: PostgresEventStore) -> PostgresEventStore:
+    return pg_store
 
 
 def event(stream_id: str, n: int = 0, event_type: str = "OutcomeRecorded") -> NewEvent:
