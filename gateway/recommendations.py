@@ -78,7 +78,6 @@ class Recommender:
         scores: ItemScores,
         versions: LiveVersions,
         params: PolicyParams | None = None,
-        search_k: int = 5000,
     ) -> None:
         self._pool = pool
         self._store = store
@@ -89,7 +88,6 @@ class Recommender:
         self._scores = scores
         self._versions = versions
         self.params = params or PolicyParams()
-        self._search_k = search_k
 
     async def heard(self, user: str) -> set[str]:
         """What this listener has already streamed (the listeners projection)."""
@@ -177,7 +175,7 @@ class Recommender:
         else:
             pool = []
             if index is not None and vector is not None:
-                for item, dot in index.nearest(vector, INDEX_CANDIDATES, self._search_k):
+                for item, dot in index.nearest(vector, INDEX_CANDIDATES):
                     affinity[item] = dot
                     pool.append(item)
             pool += self._exploration_pool(live, index, rng)
@@ -268,7 +266,7 @@ class Recommender:
         if index is None or item_id not in index.item_row:
             return None
         vector = index.item_vectors[index.item_row[item_id]]
-        near = index.nearest(vector, n + 1, self._search_k)
+        near = index.nearest(vector, n + 1)
         return [(i, d) for i, d in near if i != item_id][:n], index.version
 
     def _exploration_pool(

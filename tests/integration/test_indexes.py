@@ -16,8 +16,9 @@ from domain.events import ItemUpserted, OutcomeKind, OutcomeRecorded, to_payload
 from gateway.event_store import PostgresEventStore
 from gateway.indexes import MANIFEST, IndexHolder, IndexParams, build_and_publish
 from gateway.projections import PROJECTIONS
-from gateway.projector import Runner, head
+from gateway.projector import Runner
 from gateway.store_api import NewEvent
+from tests.integration.projection_helpers import log_end
 
 PARAMS = IndexParams(trees=20, als=AlsParams(factors=8, iterations=6, alpha=10.0))
 
@@ -49,7 +50,10 @@ async def seed(store: PostgresEventStore, pool: asyncpg.Pool, db_url: str) -> No
     runner = Runner(db_url, PROJECTIONS["listeners"], batch_size=500)
     task = asyncio.create_task(runner.run())
     try:
-        await runner.wait_for(await head(pool), timeout=30)
+        # The log's last event, not `head`: another database's open transaction on a shared
+        # server would hold `head` back (docs/decisions.md 16).
+        async with pool.acquire() as conn:
+            await runner.wait_for(await log_end(conn), timeout=30)
     finally:
         task.cancel()
 
