@@ -1,15 +1,20 @@
 """The ranking policy: score candidates, build a diverse greedy slate, explore with exact
 propensities.
 
-Exploration is slate-level epsilon-greedy: with probability 1 - epsilon the greedy slate is
-served, otherwise a uniformly random slate of the eligible candidates. Both branches have closed
-forms, so the probability that item i lands at position k is exact:
+Exploration mixes three slates, each with a closed form, so the probability that item i lands at
+position k is exact. With probability `epsilon` a uniformly random slate of the N eligible
+candidates (every item can be seen anywhere: any other policy can be evaluated from the log);
+with probability `tail_epsilon` the greedy slate with its last `tail` positions replaced by a
+uniform draw from the items not kept above them (cheap exploration where it costs least); else
+the greedy slate. With h = m - tail the kept head of an m-item slate and g the greedy slate:
 
-    P(i at k) = (1 - epsilon) * [greedy[k] == i] + epsilon / N
+    P(i at k) = epsilon / N
+              + tail_epsilon * ([g[k] == i] if k < h else [i not in g[:h]] / (N - h))
+              + (1 - epsilon - tail_epsilon) * [g[k] == i]
 
-where N is the number of eligible candidates. (Thompson sampling or Plackett-Luce sampling would
-explore more smoothly, but their per-position marginals have no closed form, and a logged
-propensity that is only approximately right biases every offline estimate built on it.)
+(Thompson sampling or Plackett-Luce sampling would explore more smoothly, but their
+per-position marginals have no closed form, and a logged propensity that is only approximately
+right biases every offline estimate built on it.)
 Uncertain items are favoured deterministically instead, through an optimism bonus on the
 posterior standard deviation of their reward.
 
@@ -43,7 +48,9 @@ class Candidate:
 class PolicyParams:
     name: str = "segue-eps-greedy"
     version: str = "1"
-    epsilon: float = 0.1
+    epsilon: float = 0.03  # uniform random slates
+    tail_epsilon: float = 0.07  # slates whose last `tail` positions are drawn at random
+    tail: int = 3
     w_affinity: float = 1.0
     w_reward: float = 1.0
     w_long_term: float = 0.2
@@ -53,6 +60,10 @@ class PolicyParams:
     def __post_init__(self) -> None:
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError("epsilon must be in [0, 1]")
+        if not 0.0 <= self.tail_epsilon <= 1.0 - self.epsilon:
+            raise ValueError("tail_epsilon must be in [0, 1 - epsilon]")
+        if self.tail < 1:
+            raise ValueError("tail must be at least 1")
         if self.max_per_group < 1:
             raise ValueError("max_per_group must be at least 1")
 
@@ -113,25 +124,43 @@ def draw_slate(
 def explore(
     top: Sequence[Candidate], pool: Sequence[Candidate], p: PolicyParams, rng: random.Random
 ) -> tuple[SlateEntry, ...]:
-    """Serve the greedy slate `top` with probability 1 - epsilon, else a uniform random slate of
-    as many of the `pool`'s items; log each position's exact propensity."""
+    """Serve the greedy slate `top`, or one of the two explored variants of it (see the module
+    docstring), drawn from the `pool`; log each position's exact propensity."""
     scores = {c.item_id: score(c, p) for c in pool}
     size = len(pool)
-    # Draw the branch first, always, so the generator's use does not depend on the branch taken.
-    if rng.random() < p.epsilon:
-        order = [c.item_id for c in rng.sample(list(pool), len(top))]
-    else:
-        order = [c.item_id for c in top]
     greedy_ids = [c.item_id for c in top]
+    m = len(greedy_ids)
+    head = max(0, m - p.tail)
+    kept = set(greedy_ids[:head])
+    # Draw the branch first, always, so the generator's use does not depend on the branch taken.
+    u = rng.random()
+    if u < p.epsilon:
+        order = [c.item_id for c in rng.sample(list(pool), m)]
+    elif u < p.epsilon + p.tail_epsilon:
+        rest = [c.item_id for c in pool if c.item_id not in kept]
+        order = greedy_ids[:head] + rng.sample(rest, m - head)
+    else:
+        order = greedy_ids
     return tuple(
         SlateEntry(
             item_id=item,
             position=k,
             score=scores[item],
-            propensity=(1 - p.epsilon) * (greedy_ids[k] == item) + p.epsilon / size,
+            propensity=propensity(item, k, greedy_ids, size, p),
         )
         for k, item in enumerate(order)
     )
+
+
+def propensity(item: str, k: int, greedy_ids: Sequence[str], size: int, p: PolicyParams) -> float:
+    """P(item at position k) under `explore`, for greedy slate `greedy_ids` of a pool of `size`."""
+    head = max(0, len(greedy_ids) - p.tail)
+    greedy_here = float(greedy_ids[k] == item)
+    # Above the tail the explored slate keeps the greedy items; in it, it draws from the rest.
+    in_tail = float(item not in greedy_ids[:head]) / (size - head)
+    tail_part = greedy_here if k < head else in_tail
+    exploit = 1.0 - p.epsilon - p.tail_epsilon
+    return p.epsilon / size + p.tail_epsilon * tail_part + exploit * greedy_here
 
 
 def draw_blend(

@@ -75,12 +75,19 @@ POLICY = PolicyParams()
 
 
 def assert_exact_propensities(items: list[dict[str, Any]], eligible: int) -> None:
-    """The policy serves its greedy slate with probability 1 - epsilon and a uniform one
-    otherwise, so an item's propensity at a position is one of two values."""
-    greedy = (1 - POLICY.epsilon) + POLICY.epsilon / eligible
-    uniform = POLICY.epsilon / eligible
+    """Each propensity is one the policy's closed form allows for a pool of `eligible` items
+    (domain/ranking.py): greedy or not, and in the explored tail or not."""
+    head = max(0, len(items) - POLICY.tail)
+    exploit = 1 - POLICY.epsilon - POLICY.tail_epsilon
     for s in items:
-        assert s["propensity"] in (pytest.approx(greedy), pytest.approx(uniform)), s
+        tail_parts = [0.0, 1.0] if s["position"] < head else [0.0, 1 / (eligible - head)]
+        allowed = {
+            round(POLICY.epsilon / eligible + POLICY.tail_epsilon * t + exploit * g, 12)
+            for g in (0.0, 1.0)
+            for t in tail_parts
+            if s["position"] >= head or t == g
+        }
+        assert round(s["propensity"], 12) in allowed, (s, allowed)
 
 
 # --- catalogue ------------------------------------------------------------------------------

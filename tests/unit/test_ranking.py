@@ -7,7 +7,15 @@ from collections import Counter
 
 import pytest
 
-from domain.ranking import Candidate, PolicyParams, blend_greedy, draw_slate, greedy, score
+from domain.ranking import (
+    Candidate,
+    PolicyParams,
+    blend_greedy,
+    draw_slate,
+    greedy,
+    propensity,
+    score,
+)
 
 CANDIDATES = [
     Candidate(f"i{k}", group=f"artist{k % 3}", affinity=1.0 - k / 20, reward_mean=0.1 * (k % 4))
@@ -41,21 +49,29 @@ def test_same_generator_same_slate() -> None:
     assert a == b
 
 
-@pytest.mark.parametrize("epsilon", [0.0, 0.2, 1.0])
-def test_propensities_sum_to_one_per_position(epsilon: float) -> None:
-    p = PolicyParams(epsilon=epsilon)
-    n = 4
-    size = len(CANDIDATES)
+@pytest.mark.parametrize(
+    "p",
+    [
+        PolicyParams(epsilon=0.0, tail_epsilon=0.0),
+        PolicyParams(),
+        PolicyParams(epsilon=0.2, tail_epsilon=0.3, tail=2),
+        PolicyParams(epsilon=1.0, tail_epsilon=0.0),
+        PolicyParams(epsilon=0.0, tail_epsilon=1.0, tail=10),
+    ],
+    ids=["greedy", "default", "mixed", "uniform", "all-tail"],
+)
+@pytest.mark.parametrize("n", [1, 4, 12])
+def test_propensities_sum_to_one_per_position(p: PolicyParams, n: int) -> None:
     greedy_ids = [c.item_id for c, _ in greedy(CANDIDATES, n, p)]
-    for k in range(n):
-        total = sum(
-            (1 - epsilon) * (greedy_ids[k] == c.item_id) + epsilon / size for c in CANDIDATES
-        )
+    for k in range(len(greedy_ids)):
+        total = sum(propensity(c.item_id, k, greedy_ids, len(CANDIDATES), p) for c in CANDIDATES)
         assert total == pytest.approx(1.0)
 
 
-def test_propensities_match_empirical_frequencies() -> None:
-    p = PolicyParams(epsilon=0.3)
+@pytest.mark.parametrize(
+    "p", [PolicyParams(epsilon=0.3), PolicyParams(epsilon=0.1, tail_epsilon=0.4, tail=2)]
+)
+def test_propensities_match_empirical_frequencies(p: PolicyParams) -> None:
     rng = random.Random(7)
     draws = 30_000
     seen: Counter[tuple[str, int]] = Counter()
@@ -74,17 +90,22 @@ def test_propensities_match_empirical_frequencies() -> None:
 
 def test_a_slate_never_repeats_an_item_and_duplicates_are_ignored() -> None:
     doubled = CANDIDATES + CANDIDATES[:3]
+    p = PolicyParams(epsilon=0.3, tail_epsilon=0.3)
+    greedy_ids = [c.item_id for c, _ in greedy(CANDIDATES, 10, p)]
     for seed in range(50):
-        slate = draw_slate(doubled, 10, PolicyParams(epsilon=0.5), random.Random(seed))
+        slate = draw_slate(doubled, 10, p, random.Random(seed))
         assert len({s.item_id for s in slate}) == len(slate) == 10
-        # In the greedy slate's place or not: exactly two possible propensities.
-        for entry in slate:
-            assert round(entry.propensity, 12) in {round(0.5 + 0.5 / 12, 12), round(0.5 / 12, 12)}
+        # Duplicates do not count twice: the pool has 12 items, not 15.
+        for s in slate:
+            assert s.propensity == pytest.approx(
+                propensity(s.item_id, s.position, greedy_ids, 12, p)
+            )
 
 
 def test_short_pool_and_empty_pool() -> None:
     assert draw_slate([], 5, PolicyParams(), random.Random(0)) == ()
-    slate = draw_slate(CANDIDATES[:2], 5, PolicyParams(epsilon=0.0), random.Random(0))
+    greedy_only = PolicyParams(epsilon=0.0, tail_epsilon=0.0)
+    slate = draw_slate(CANDIDATES[:2], 5, greedy_only, random.Random(0))
     assert [s.propensity for s in slate] == [1.0, 1.0]
 
 
@@ -105,5 +126,7 @@ def test_blend_gives_every_member_their_own_favourites() -> None:
 def test_bad_parameters_are_refused() -> None:
     with pytest.raises(ValueError, match="epsilon"):
         PolicyParams(epsilon=1.5)
+    with pytest.raises(ValueError, match="tail_epsilon"):
+        PolicyParams(epsilon=0.5, tail_epsilon=0.6)
     with pytest.raises(ValueError, match="n must"):
         draw_slate(CANDIDATES, 0, PolicyParams(), random.Random(0))
