@@ -59,6 +59,7 @@ def main() -> None:
 
 
 def _run_worker(settings: Settings, url: str, host: str, port: int, reuse_port: bool) -> None:
+    from gateway.access_log import RouteAccessLogger
     from gateway.app import create_app
 
     _setup_logging(settings)
@@ -67,6 +68,7 @@ def _run_worker(settings: Settings, url: str, host: str, port: int, reuse_port: 
         host=host,
         port=port,
         reuse_port=reuse_port,
+        access_log_class=RouteAccessLogger,
         print=None if reuse_port else click.echo,
     )
 
@@ -432,8 +434,15 @@ def demo(host: str | None, port: int | None, items: int, users: int) -> None:
         yield
 
     app.cleanup_ctx.append(seed_and_explain)
-    web.run_app(app, host=host, port=port, print=None)
+    from gateway.access_log import RouteAccessLogger
 
+    web.run_app(app, host=host, port=port, print=None, access_log_class=RouteAccessLogger)
+
+
+from gateway import cli_events  # noqa: E402  (after `main`: the module adds commands to it)
+
+main.add_command(cli_events.export)
+main.add_command(cli_events.import_)
 
 if __name__ == "__main__":
     main()

@@ -253,6 +253,7 @@ class Runner:
             version = await self._resolve(conn)
             if version.status == "retired":
                 raise Retired()
+            await self.projection.prepare(conn, version.schema)
             self.version = version
             self.active = True
             await self._set_position(version.position)
