@@ -21,6 +21,7 @@ from gateway.appkeys import (
     CATALOG,
     CLOCK,
     DSN,
+    ERASURE,
     INDEX,
     INDEX_SERVICE,
     KEYS,
@@ -40,6 +41,7 @@ from gateway.appkeys import (
 from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog, CatalogProjection
 from gateway.database import create_pool
+from gateway.erasure import Erasure
 from gateway.event_store import PostgresEventStore
 from gateway.index_service import IndexService
 from gateway.indexes import IndexHolder
@@ -106,7 +108,8 @@ async def _event_store(app: web.Application) -> AsyncIterator[None]:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings, pool, store, clock = app[SETTINGS], app[POOL], app[STORE], app[CLOCK]
     app[CATALOG] = Catalog(pool, store, settings.catalog_cache_seconds)
-    app[PSEUDONYMS] = Pseudonyms(pool)
+    app[PSEUDONYMS] = Pseudonyms(pool, ttl_seconds=settings.pseudonym_cache_seconds)
+    app[ERASURE] = Erasure(store, app[PSEUDONYMS])
     app[RECOMMENDER] = Recommender(
         pool, store, app[CATALOG], app[PSEUDONYMS], clock, app[INDEX], app[SCORES], app[VERSIONS]
     )

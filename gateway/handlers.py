@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import prometheus_client
@@ -16,6 +16,7 @@ from gateway import openapi as openapi_doc
 from gateway.appkeys import (
     CATALOG,
     CLOCK,
+    ERASURE,
     INDEX,
     INDEX_SERVICE,
     OPENAPI,
@@ -25,6 +26,7 @@ from gateway.appkeys import (
     REWARDS,
 )
 from gateway.catalog import CatalogItem
+from gateway.erasure import mention
 from gateway.metrics import publish_lag
 from gateway.problems import ProblemError, from_validation
 from gateway.projector import status as projection_status
@@ -32,6 +34,7 @@ from gateway.recommendations import NO_INDEX
 from gateway.rewards_reader import SurfaceRewards
 from gateway.schemas import (
     BlendIn,
+    ForgetOut,
     HealthOut,
     IndexOut,
     ItemBody,
@@ -117,8 +120,24 @@ def item_out(item: CatalogItem | ItemUpserted, version: int, retired: bool = Fal
     )
 
 
+def _no_user_ids_in_context(context: dict[str, Any], user_ids: list[str]) -> None:
+    # The context is logged verbatim with the slate, in an append-only log that erasure cannot
+    # rewrite: a listener's own id there would survive their forgetting.
+    where = mention(context, user_ids)
+    if where is not None:
+        raise ProblemError(
+            422,
+            "validation",
+            "Invalid request",
+            "context must not contain a listener's id: it is logged with the slate, which "
+            "forgetting the listener cannot undo",
+            field=f"context{where}",
+        )
+
+
 async def recommend(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, RecommendationIn)
+    _no_user_ids_in_context(body.context, [body.user_id])
     return reply(recommendation_out(await request.app[RECOMMENDER].recommend(body)))
 
 
@@ -135,6 +154,7 @@ async def blend(request: web.Request) -> web.StreamResponse:
                 field=f"user_ids[{i}]",
             )
         seen.add(user)
+    _no_user_ids_in_context(body.context, body.user_ids)
     return reply(recommendation_out(await request.app[RECOMMENDER].blend(body)))
 
 
@@ -145,13 +165,22 @@ def query_n(request: web.Request) -> int:
         raise from_validation(exc, prefix="n") from None
 
 
-async def discover(request: web.Request) -> web.StreamResponse:
+def path_user_id(request: web.Request) -> str:
     try:
-        user_id = _USER_ID.validate_python(request.match_info["user_id"])
+        return _USER_ID.validate_python(request.match_info["user_id"])
     except ValidationError as exc:
         raise from_validation(exc, prefix="user_id") from None
+
+
+async def discover(request: web.Request) -> web.StreamResponse:
+    user_id = path_user_id(request)
     n = query_n(request)
     return reply(recommendation_out(await request.app[RECOMMENDER].discover(user_id, n)))
+
+
+async def forget(request: web.Request) -> web.StreamResponse:
+    await request.app[ERASURE].forget(path_user_id(request))
+    return reply(ForgetOut(status="accepted"), status=202)
 
 
 async def similar(request: web.Request) -> web.StreamResponse:

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from gateway.access_log import route_of
 from gateway.store_api import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,8 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
             headers={"Retry-After": "1"},
         ).response()
     except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        # The route, not the path: paths carry listeners' ids, and logs outlive an erasure.
+        log.exception("unhandled error in %s %s", request.method, route_of(request))
         return ProblemError(
             500, "internal", "Internal Server Error", "an unexpected error; it has been logged"
         ).response()

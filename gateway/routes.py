@@ -79,6 +79,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
     ),
     Endpoint(
+        "POST",
+        "/v1/users/{user_id}/forget",
+        handlers.forget,
+        "Erasure: the listener's id can no longer be linked to their events; their projection "
+        "rows are removed. Idempotent; the same answer for unknown ids",
+        "users",
+        Scope.ADMIN,
+        None,
+        schemas.ForgetOut,
+        status=202,
+    ),
+    Endpoint(
         "GET",
         "/v1/items/{item_id}/similar",
         handlers.similar,

@@ -204,6 +204,14 @@ class ItemsOut(_Model):
 # --- service --------------------------------------------------------------------------------
 
 
+class ForgetOut(_Model):
+    status: Literal["accepted"] = Field(
+        description="The same answer for every id, known, unknown or already forgotten: the link "
+        "between the id and its events is gone now; the listener's projection rows go within "
+        "the projectors' lag"
+    )
+
+
 class HealthOut(_Model):
     status: Literal["ok"]
 

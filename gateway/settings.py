@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     group_commit_max_events: Annotated[int, Field(ge=1)] = 2000
     group_commit_flushers: Annotated[int, Field(ge=1, le=16)] = 2
     key_cache_seconds: Annotated[float, Field(ge=0)] = 5.0
+    pseudonym_cache_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=5.0,
+        description="How long a process trusts a cached listener pseudonym: the longest another "
+        "gateway may keep using a forgotten listener's pseudonym.",
+    )
     catalog_cache_seconds: Annotated[float, Field(ge=0)] = 1.0
     log_level: str = "INFO"
     run_projectors: bool = Field(
