@@ -327,7 +327,7 @@ async def test_import_appends_after_what_a_stream_already_holds(
 # --- bad files ------------------------------------------------------------------------------
 
 
-GOOD = {
+GOOD: dict[str, Any] = {
     "type": "OutcomeRecorded",
     "event_id": "7d5f7f4e-1c1e-4a3e-9a51-0c3e2b1d9f00",
     "recorded_at": "2026-10-01T12:00:00+00:00",
