@@ -63,7 +63,7 @@ BASE = datetime(2026, 10, 1, tzinfo=UTC)
 # Everything a faithful copy must agree on, in commit order.
 _LOG = (
     "SELECT event_type, event_id, recorded_at, schema_version, stream_id, stream_version, "
-    "payload, metadata FROM events ORDER BY tx_id, global_position"
+    "payload, metadata FROM events ORDER BY events.tx_id, global_position"
 )
 
 
