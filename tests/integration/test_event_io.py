@@ -469,3 +469,60 @@ async def test_cli_export_and_import(
     assert late.returncode == 2
     assert "needs a time zone" in late.stderr
     assert not (tmp_path / "y.jsonl").exists()
+
+
+async def test_import_while_the_store_appends_keeps_streams_and_ids_consistent(
+    db_url: str, other_db_url: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The import takes the store's stream locks: appends to the same streams going on meanwhile
+    interleave whole, and every stream stays gapless, with its version and ids in step."""
+    await seed_log(db_url, seed=5)
+    path = tmp_path / "log.jsonl"
+    await export_file(conn, path, "jsonl")
+    users = sorted({line["payload"]["user"] for line in lines(path) if "user" in line["payload"]})
+    pool = await create_pool(other_db_url, min_size=1, max_size=6)
+    store = PostgresEventStore(pool)
+    await store.start()
+    stop, started = asyncio.Event(), asyncio.Event()
+
+    async def appender(k: int) -> int:
+        n = 0
+        while not stop.is_set():
+            user = users[(k + n) % len(users)]
+            e = OutcomeRecorded(uuid4(), user, "it-000", OutcomeKind.SAVE, BASE)
+            await store_writer(store, [[[e]]], Written())
+            started.set()
+            n += 1
+        return n
+
+    try:
+        tasks = [asyncio.create_task(appender(k)) for k in range(3)]
+        await started.wait()
+        result = await import_file(other_db_url, path, "jsonl")
+        stop.set()
+        appended = sum(await asyncio.gather(*tasks))
+    finally:
+        await store.close()
+        await pool.close()
+    assert appended > 0
+    other = await asyncpg.connect(other_db_url)
+    try:
+        total = await other.fetchval("SELECT count(*) FROM events")
+        assert total == result.imported + appended
+        assert await other.fetchval("SELECT count(*) FROM event_ids") == total
+        gaps = await other.fetch(
+            "SELECT e.stream_id FROM events e JOIN streams s USING (stream_id) "
+            "GROUP BY e.stream_id, s.version "
+            "HAVING count(*) <> s.version OR count(DISTINCT e.stream_version) <> s.version "
+            "OR max(e.stream_version) <> s.version"
+        )
+        assert gaps == []
+        # Within a stream, commit order is version order, as readers rely on.
+        disorder = await other.fetchval(
+            "SELECT count(*) FROM (SELECT stream_version, lag(stream_version) OVER "
+            "(PARTITION BY stream_id ORDER BY events.tx_id, global_position) AS before "
+            "FROM events) AS x WHERE before IS NOT NULL AND stream_version <> before + 1"
+        )
+        assert disorder == 0
+    finally:
+        await other.close()
