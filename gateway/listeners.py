@@ -71,6 +71,7 @@ class Pseudonyms:
                     break
             if missing:
                 raise RuntimeError(f"could not assign pseudonyms for {len(missing)} listeners")
+            self._expire(now)
         return out
 
     async def one(self, user_id: str) -> str:
@@ -94,6 +95,16 @@ class Pseudonyms:
 
     def evict(self, user_id: str) -> None:
         self._cache.pop(user_id, None)
+
+    def _expire(self, now: float) -> None:
+        # Entries are kept in refresh order with one lifetime, so the expired ones are at the
+        # front. Dropping them keeps a forgotten listener's id out of this process's memory too,
+        # at no cost to a cache hit (this runs after a lookup that went to the database anyway).
+        while self._cache:
+            expires = next(iter(self._cache.values()))[1]
+            if expires > now:
+                break
+            self._cache.popitem(last=False)
 
     def _remember(self, user_id: str, pseudonym: str, expires: float) -> None:
         self._cache[user_id] = (pseudonym, expires)
