@@ -255,7 +255,9 @@ def check(raw: Any, number: int, where: str) -> Staged:
             at = datetime.fromisoformat(at)
         except ValueError:
             raise bad(f"recorded_at {raw['recorded_at']!r} is not an RFC 3339 time") from None
-    if not isinstance(at, datetime) or at.tzinfo is None:
+    if not isinstance(at, datetime):
+        raise bad(f"recorded_at {raw['recorded_at']!r} is not an RFC 3339 time")
+    if at.tzinfo is None:
         raise bad("recorded_at needs a time zone")
     version = raw.get("schema_version")
     version = EVENT_TYPES[event_type].SCHEMA_VERSION if version is None else version

@@ -356,6 +356,8 @@ def good(n: int) -> dict[str, Any]:
         (orjson.dumps({**GOOD, "type": "Teleported"}), "unknown event type 'Teleported'"),
         (orjson.dumps({**GOOD, "event_id": "nope"}), "is not a UUID"),
         (orjson.dumps({**GOOD, "recorded_at": "2026-10-01T12:00:00"}), "needs a time zone"),
+        (orjson.dumps({**GOOD, "recorded_at": 1759320000}), "is not an RFC 3339 time"),
+        (orjson.dumps({**GOOD, "stream_version": 0}), "stream_version 0 is not a positive"),
         (orjson.dumps({k: v for k, v in GOOD.items() if k != "payload"}), "missing 'payload'"),
         (orjson.dumps({**GOOD, "colour": "red"}), "unknown field 'colour'"),
         (orjson.dumps({**GOOD, "payload": {"user": "p-1"}}), "does not decode"),
