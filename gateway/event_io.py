@@ -8,10 +8,10 @@ Export reads one REPEATABLE READ snapshot through a server-side cursor, so memor
 and the file is a consistent cut of the log. Import parses and checks the whole file first,
 copying it into a temporary staging table (binary COPY, in batches), and only then writes, in one
 transaction: new events are appended to their streams in file order (versions continue each
-stream, as the store's appends do), their ids recorded, the streams' versions moved on, and the
-catalogue kept, as the append transaction keeps it. Events whose id is already stored are
-skipped, so importing a file twice adds nothing. A bad line stops the import before anything is
-written, naming the line.
+stream, as the store's appends do), their ids recorded, the streams' versions moved on, the
+catalogue kept, as the append transaction keeps it, and the mapping of any listener the file
+forgets deleted. Events whose id is already stored are skipped, so importing a file twice adds
+nothing. A bad line stops the import before anything is written, naming the line.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from domain.events import EVENT_TYPES, ItemRetired, ItemUpserted
+from domain.events import EVENT_TYPES, ItemRetired, ItemUpserted, ListenerForgotten
 from domain.upcasting import decode
 from gateway.catalog import CatalogProjection
 from gateway.event_store import STREAM_LOCK_KEYS, Connection, row_to_event
@@ -390,6 +390,14 @@ ORDER BY global_position
 """
 
 
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 async def import_events(
     conn: asyncpg.Connection,
     staged: Iterable[Staged],
@@ -422,6 +430,17 @@ async def import_events(
             items = await conn.fetch(_MINE, [ItemUpserted.TYPE, ItemRetired.TYPE])
             if items:
                 await catalogue.apply(conn, [row_to_event(r) for r in items])
+            # A forgetting in the file forgets here too: a mapping restored from elsewhere
+            # must not link an id to a pseudonym the log says was forgotten.
+            gone = [
+                row_to_event(r).payload["user"]
+                for r in await conn.fetch(_MINE, [ListenerForgotten.TYPE])
+            ]
+            if gone:
+                await conn.execute(
+                    "DELETE FROM listeners WHERE pseudonym = ANY($1::uuid[])",
+                    [u for u in gone if _is_uuid(u)],
+                )
         return ImportResult(read, imported, read - imported)
     finally:
         await conn.execute("DROP TABLE IF EXISTS pg_temp.segue_import")

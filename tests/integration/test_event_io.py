@@ -528,3 +528,33 @@ async def test_import_while_the_store_appends_keeps_streams_and_ids_consistent(
         assert disorder == 0
     finally:
         await other.close()
+
+
+async def test_a_forgetting_in_the_file_deletes_the_mapping_here(
+    db_url: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """A mapping that came back (say, restored from a backup) must not outlive an imported
+    ListenerForgotten of its pseudonym."""
+    kept = await conn.fetchval(
+        "INSERT INTO listeners (user_id) VALUES ('still-here') RETURNING pseudonym::text"
+    )
+    gone = await conn.fetchval(
+        "INSERT INTO listeners (user_id) VALUES ('restored') RETURNING pseudonym::text"
+    )
+    path = tmp_path / "forget.jsonl"
+    path.write_bytes(
+        b"\n".join(
+            orjson.dumps(
+                {
+                    "type": "ListenerForgotten",
+                    "event_id": str(uuid4()),
+                    "recorded_at": "2026-10-01T12:00:00+00:00",
+                    "payload": {"user": user},
+                }
+            )
+            for user in (gone, "not-a-uuid-pseudonym")
+        )
+    )
+    assert (await import_file(db_url, path, "jsonl")).imported == 2
+    rows = await conn.fetch("SELECT user_id, pseudonym::text FROM listeners")
+    assert [(r[0], r[1]) for r in rows] == [("still-here", kept)]
