@@ -435,5 +435,10 @@ def demo(host: str | None, port: int | None, items: int, users: int) -> None:
     web.run_app(app, host=host, port=port, print=None)
 
 
+from gateway.cli_evaluate import evaluate, replay  # noqa: E402  (registered last, below)
+
+main.add_command(evaluate)
+main.add_command(replay)
+
 if __name__ == "__main__":
     main()
