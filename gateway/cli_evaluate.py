@@ -109,6 +109,8 @@ def _progress(label: str) -> Callable[[int, int], None]:
 
 
 def _load(target: str, reward: str, filters: Any, params: Any) -> Any:
+    import asyncpg
+
     from gateway.cli import _database_url, _settings
     from gateway.evaluation import EvaluationError, Request, load_rounds
 
@@ -123,8 +125,8 @@ def _load(target: str, reward: str, filters: Any, params: Any) -> Any:
         return asyncio.run(load_rounds(url, request, settings.index_root, _progress))
     except EvaluationError as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach the database: {exc}") from None
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise click.ClickException(f"database: {exc}") from None
 
 
 def _config(**kw: Any) -> Any:

@@ -78,6 +78,14 @@ class Filters:
     since: datetime | None = None
     until: datetime | None = None
 
+    def describe(self) -> str:
+        parts = [
+            f"surface {self.surface}" if self.surface else "",
+            f"since {self.since.isoformat()}" if self.since else "",
+            f"until {self.until.isoformat()}" if self.until else "",
+        ]
+        return ", ".join(p for p in parts if p) or "(the log holds none)"
+
     def keeps(self, e: RecommendationServed) -> bool:
         if self.surface is not None and e.surface != self.surface:
             return False
@@ -157,7 +165,7 @@ async def read_log(
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         cursor = conn.cursor(
             "SELECT event_type, schema_version, payload::text, recorded_at FROM events "
-            f"{_WHERE} ORDER BY tx_id, global_position",
+            f"{_WHERE} ORDER BY events.tx_id, events.global_position",
             prefetch=batch,
         )
         chunk = []
@@ -357,7 +365,12 @@ class CurrentTarget:
         self._params = params
 
     async def slate(self, served: RecommendationServed) -> SlateTarget:
-        lists = await self._recommender.candidates_for(served)
+        try:
+            lists = await self._recommender.candidates_for(served)
+        except ValueError as exc:  # a surface or kind this code no longer knows
+            raise EvaluationError(
+                f"cannot re-run recommendation {served.recommendation_id}: {exc}"
+            ) from None
         pool: dict[str, Candidate] = {}
         for candidates in lists:
             for c in candidates:
@@ -601,6 +614,8 @@ async def load_rounds(
         )
     finally:
         await conn.close()
+    if not slates:
+        raise EvaluationError(f"no logged slate matches {request.filters.describe()}")
     if request.target == "current":
         pool = await create_pool(dsn, min_size=1, max_size=4)
         try:

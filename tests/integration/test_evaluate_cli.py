@@ -369,6 +369,7 @@ def test_per_recommendation_csv(db_url: str, tmp_path: Path) -> None:
         (["--target", "BAD_ROW", "--reward", "click"], ":3: "),
         (["--target", "FEW", "--reward", "click"], "at position 1, which the log served"),
         (["--target", "uniform", "--reward", "BAD_DEF"], "weights"),
+        (["--target", "uniform", "--reward", "click", "--surface", "radio"], "no logged slate"),
     ],
 )
 def test_bad_arguments_are_named(
