@@ -648,3 +648,31 @@ async def current_target(pool: asyncpg.Pool, index_root: Path, params: PolicyPar
         params,
     )
     return CurrentTarget(recommender, params)
+
+
+async def evaluate_log(
+    dsn: str,
+    request: Request,
+    config: OpeConfig,
+    index_root: Path,
+    progress: Callable[[str], Progress] | None = None,
+) -> Evaluation:
+    """`segue evaluate` as a function: every estimator's `Estimate` (value per served position,
+    bootstrap interval) of `request.target` on the logged slates, beside the logged value."""
+    rounds, target, reward = await load_rounds(dsn, request, index_root, progress)
+    return evaluation_of(rounds, target, reward, config)
+
+
+async def replay_log(
+    dsn: str,
+    request: Request,
+    config: OpeConfig,
+    index_root: Path,
+    k: int = 10,
+    top_n: int = 10,
+    progress: Callable[[str], Progress] | None = None,
+) -> Replay:
+    """`segue replay` as a function: how the target's slates differ from the logged ones and
+    the estimated change in value."""
+    rounds, target, reward = await load_rounds(dsn, request, index_root, progress)
+    return replay_of(rounds, target, reward, config, k, top_n)

@@ -28,9 +28,11 @@ from domain.events import (
     SlateEntry,
     to_payload,
 )
+from domain.ope import OpeConfig
 from domain.rewards import RewardDefinition
 from gateway.catalog import CatalogProjection
 from gateway.cli import main
+from gateway.evaluation import Filters, Request, evaluate_log, replay_log
 from gateway.event_store import PostgresEventStore
 from gateway.projector import save_definition
 from gateway.recommendations import tiebreak
@@ -495,3 +497,25 @@ def test_replay_with_a_csv_target(db_url: str, tmp_path: Path) -> None:
     bad = segue(db_url, tmp_path, "replay", "--reward", "click", "--params", str(target))
     assert bad.returncode == 2
     assert "--params" in bad.stderr
+
+
+@pytest.mark.usefixtures("logged")
+async def test_the_python_api_gives_the_cli_answers(db_url: str, tmp_path: Path) -> None:
+    """What `segue report` will call: typed estimates with their intervals."""
+    target = write_csv(
+        tmp_path / "t.csv", [("t1", 0, 1.0), ("t3", 1, 1.0)], "item_id,position,probability"
+    )
+    request = Request(str(target), "stream_30s", Filters(until=DAY3))
+    config = OpeConfig(prior_strength=0.0, n_bootstrap=100)
+    result = await evaluate_log(db_url, request, config, tmp_path / "indexes")
+    want = expected(rounds_of(SLATES[:3], STREAMS, lambda s, k: BEST[k]))
+    assert set(result.estimates) == set(want)
+    for name, value in want.items():
+        e = result.estimates[name]
+        assert e.estimate == pytest.approx(value)
+        assert e.ci is not None
+        assert e.ci[0] <= e.ci[1]
+    assert result.logged.estimate == pytest.approx(0.5)
+    replay = await replay_log(db_url, request, config, tmp_path / "indexes", k=2)
+    assert replay.overlap.mean == pytest.approx(0.5)
+    assert replay.difference["ipw"].estimate == pytest.approx(0.5)
