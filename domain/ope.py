@@ -85,7 +85,8 @@ class OpeConfig:
 @dataclass(frozen=True, slots=True)
 class LoggedRounds:
     """The log as rounds: one per (slate, position) served. Items are dense indices < n_items;
-    `slate` numbers the slates 0..S-1 (the bootstrap's resampling unit)."""
+    `slate` says which slate each round came from (the bootstrap's resampling unit; the
+    cross-fitting fold of a round is its slate number modulo the folds)."""
 
     slate: IntArray
     item: IntArray
@@ -365,14 +366,17 @@ def bootstrap_ci(
     slate: IntArray, samples: FloatArray, config: OpeConfig
 ) -> list[tuple[float, float]]:
     """Percentile intervals of the mean of each row of `samples` (estimators x rounds) under a
-    bootstrap that resamples slates with replacement: replicate b draws S slate numbers with
+    bootstrap that resamples the S slates with replacement (numbered 0..S-1 in the order of their
+    numbers in `slate`): replicate b draws S slate numbers with
     `numpy.random.default_rng(seed).integers(0, S, size=S)` (one call per replicate, in order),
     and its mean is the sum of the terms of the drawn slates' rounds over their number of rounds.
     All rows share the same draws, so differences between rows are paired."""
     k = samples.shape[0]
-    slates = int(slate.max()) + 1 if slate.shape[0] else 0
-    if slates == 0:
+    if not slate.shape[0]:
         return [(math.nan, math.nan)] * k
+    # Number the slates that have rounds 0..S-1, so a slate without any is never drawn.
+    _, slate = np.unique(slate, return_inverse=True)
+    slates = int(slate.max()) + 1
     sums = np.zeros((k, slates))
     for row in range(k):
         sums[row] = np.bincount(slate, weights=samples[row], minlength=slates)

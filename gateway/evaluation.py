@@ -425,9 +425,11 @@ async def build_rounds(
     supports: dict[tuple[str, ...], int] = {}
     cols: dict[str, list[float]] = {k: [] for k in ("slate", "item", "position", "p", "r")}
     tops: list[list[str] | None] = []
+    numbered = 0  # slates with at least one position: the bootstrap's and the folds' unit
     for n, logged in enumerate(slates):
         t = await target.slate(logged.event)
         tops.append(t.top)
+        numbered += bool(logged.event.slate)
         for entry, reward in zip(logged.event.slate, logged.rewards, strict=True):
             support, density, extras = t.at(entry.position)
             sid = -1
@@ -436,7 +438,7 @@ async def build_rounds(
                 if sid == -2:
                     sid = supports[support] = builder.support(index(i) for i in support)
             builder.add(sid, density, [index(i) for i in extras], extras.values())
-            cols["slate"].append(n)
+            cols["slate"].append(numbered - 1)
             cols["item"].append(index(entry.item_id))
             cols["position"].append(entry.position)
             cols["p"].append(entry.propensity)

@@ -166,6 +166,9 @@ def test_bootstrap_resamples_slates_and_is_seeded() -> None:
         idx = rng.integers(0, 2, size=2)
         means.append(np.array([2.0, 0.0])[idx].sum() / 4)
     assert ci == (np.percentile(means, 2.5), np.percentile(means, 97.5))
+    # Slates numbered with gaps (empty slates have no rounds) are the same two slates.
+    gappy = np.array([4, 4, 9, 9], dtype=np.int64)
+    assert bootstrap_ci(gappy, samples, config) == [ci]
 
 
 @settings(max_examples=40, deadline=None)
