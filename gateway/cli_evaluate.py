@@ -316,5 +316,7 @@ def replay(
         click.echo(f"  {shared:>3} shared: {count} slates")
     click.echo("gained: " + (", ".join(f"{i} ({n})" for i, n in result.gained) or "-"))
     click.echo("lost:   " + (", ".join(f"{i} ({n})" for i, n in result.lost) or "-"))
+    click.echo("value per served position under the logging policy:")
+    _table({"logged": result.logged}, alpha)
     click.echo("estimated change in value per served position (target - logged):")
-    _table({**result.difference, "logged": result.logged}, alpha)
+    _table(result.difference, alpha)
