@@ -218,6 +218,16 @@ class Estimate:
 # --- the pieces ---------------------------------------------------------------------------------
 
 
+def _rounds_by_support(target: TargetPolicy) -> list[IntArray]:
+    """The rounds of each support, found with one sort (a request-specific support per slate,
+    as in rerank mode, must not cost a pass over every round)."""
+    order = np.argsort(target.support, kind="stable")
+    ids = np.arange(len(target.supports))
+    starts = np.searchsorted(target.support[order], ids, side="left")
+    ends = np.searchsorted(target.support[order], ids, side="right")
+    return [order[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
 def _extra_round(target: TargetPolicy) -> IntArray:
     counts = np.diff(target.extra_ptr)
     return np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
@@ -227,8 +237,7 @@ def target_probability(log: LoggedRounds, target: TargetPolicy) -> FloatArray:
     """pi_e(a_t | x_t, k_t): the target's probability of the logged item at the logged position."""
     _check(log, target)
     pi = np.zeros(log.n_rounds, dtype=np.float64)
-    for sid, items in enumerate(target.supports):
-        rounds = np.flatnonzero(target.support == sid)
+    for items, rounds in zip(target.supports, _rounds_by_support(target), strict=True):
         inside = np.isin(log.item[rounds], items)
         pi[rounds] += target.density[rounds] * inside
     owner = _extra_round(target)
@@ -298,8 +307,7 @@ def expected_reward(log: LoggedRounds, target: TargetPolicy, q: FloatArray) -> F
     fold = folds_of(log, folds)
     num = np.zeros(log.n_rounds)
     mass = np.zeros(log.n_rounds)
-    for sid, items in enumerate(target.supports):
-        rounds = np.flatnonzero(target.support == sid)
+    for items, rounds in zip(target.supports, _rounds_by_support(target), strict=True):
         sums = q[:, items, :].sum(axis=1)  # (folds, positions)
         num[rounds] += target.density[rounds] * sums[fold[rounds], log.position[rounds]]
         mass[rounds] += target.density[rounds] * items.shape[0]
