@@ -48,8 +48,9 @@ class OutcomeDay:
 
 
 @dataclass(frozen=True, slots=True)
-class Estimate:
-    """One off-policy estimate of a target policy's value, with its confidence interval."""
+class EstimateRow:
+    """One off-policy estimate of a target policy's value per served position, with its
+    confidence interval (`target` "logged" is the logging policy's own value)."""
 
     target: str
     estimator: str
@@ -67,8 +68,9 @@ class ReportData:
     rewards: list[RewardDay]
     outcomes: list[OutcomeDay]
     lag: list[Status]
-    estimates: list[Estimate] = field(default_factory=list)
+    estimates: list[EstimateRow] = field(default_factory=list)
     reward_definition: str | None = None
+    estimates_about: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -201,6 +203,10 @@ def _plots(data: ReportData) -> dict[str, str]:
             fmt="o",
             capsize=4,
         )
+        for e in data.estimates:
+            if e.target == "logged":
+                ax.axvline(e.estimate, color="grey", linestyle="--", linewidth=1)
+                ax.axvspan(e.low, e.high, color="grey", alpha=0.12)
         ax.set_yticks(ys, labels)
         ax.invert_yaxis()
         ax.set_xlabel("estimated reward per slate position (confidence interval)")
@@ -301,6 +307,8 @@ def render(data: ReportData) -> str:
         parts.append('<p class="note">No served slates in this window.</p>')
 
     parts.append("<h2>Off-policy estimates</h2>")
+    if data.estimates_about:
+        parts.append(f"<p>{html.escape(data.estimates_about)}</p>")
     if "estimates" in plots:
         parts.append(_img(plots["estimates"], "off-policy estimates"))
         parts.append(
@@ -313,7 +321,7 @@ def render(data: ReportData) -> str:
             )
         )
     else:
-        parts.append('<p class="note">No estimates: no logged slates to evaluate.</p>')
+        parts.append('<p class="note">No estimates: nothing was evaluated.</p>')
 
     parts.append("<h2>Outcome mix</h2>")
     if "outcomes" in plots:
@@ -351,7 +359,7 @@ def render(data: ReportData) -> str:
 
 
 __all__ = [
-    "Estimate",
+    "EstimateRow",
     "OutcomeDay",
     "ReportData",
     "RewardDay",

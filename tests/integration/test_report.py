@@ -3,20 +3,27 @@ page is one self-contained HTML document with its plots inline."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from html.parser import HTMLParser
+from pathlib import Path
 
 import asyncpg
 import pytest
+from click.testing import CliRunner
 
 from domain.events import OutcomeRecorded, RecommendationServed
+from domain.ope import OpeConfig
+from domain.ranking import PolicyParams
 from domain.reward_fold import day_number
+from gateway.cli import main
+from gateway.evaluation import Filters, Request, evaluate_log
 from gateway.projections import PROJECTIONS
 from gateway.projector import Runner
-from gateway.report import Estimate, gather, render
+from gateway.report import EstimateRow, gather, render
 from tests.integration.projection_helpers import (
     Written,
     alive,
@@ -118,8 +125,8 @@ async def test_report_figures_match_the_folds_and_the_page_is_self_contained(
     assert data.lag[0].lag_events == 0
 
     data.estimates = [
-        Estimate("uniform", "ipw", 0.12, 0.10, 0.14),
-        Estimate("uniform", "dr", 0.11, 0.105, 0.118),
+        EstimateRow("uniform", "ipw", 0.12, 0.10, 0.14),
+        EstimateRow("uniform", "dr", 0.11, 0.105, 0.118),
     ]
     page = render(data)
     parser = _Page()
@@ -148,3 +155,58 @@ async def test_report_on_an_empty_store_says_so(conn: asyncpg.Connection) -> Non
     assert "has not been built yet" in page
     assert "No served slates in this window." in page
     assert "<img" not in page
+
+
+async def test_segue_report_writes_the_page_with_the_evaluations_estimates(
+    db_url: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    world = make_world(11, days_ago(9))
+    sequences = traffic(world, recommendations=60, organic_outcomes=10, changes=0, days=5)
+    runner = Runner(db_url, PROJECTIONS["rewards"], poll_seconds=0.01)
+    async with running(runner) as tasks:
+        written = Written()
+        await write_concurrently(db_url, [[catalogue(world)]], 11, written, raw_writers=0)
+        await write_concurrently(db_url, sequences, 11, written, store_writers=2, raw_writers=0)
+        await runner.wait_for(await log_end(conn), timeout=40)
+        alive(tasks)
+
+    env = {"SEGUE_DATABASE_URL": db_url, "SEGUE_DATA_DIR": str(tmp_path / "data")}
+    out = tmp_path / "r.html"
+    args = ["report", "--output", str(out), "--target", "uniform", "--reward", "stream_30s"]
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, [*args, "--bootstrap", "40"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    page = out.read_text(encoding="utf-8")
+
+    want = await evaluate_log(
+        db_url,
+        Request("uniform", "stream_30s", Filters(), PolicyParams()),
+        OpeConfig(n_bootstrap=40),
+        tmp_path / "data" / "index",
+    )
+    parser = _Page()
+    parser.feed(page)
+    assert len(parser.images) == 4
+    for name, e in want.estimates.items():
+        if e.estimate is None or e.ci is None:
+            continue
+        row = (
+            f"<td>uniform</td><td>{name}</td><td>{e.estimate:.5f}</td>"
+            f"<td>{e.ci[0]:.5f}</td><td>{e.ci[1]:.5f}</td>"
+        )
+        assert row in page, name
+    assert want.logged.estimate is not None
+    assert f"<td>logged</td><td>on-policy</td><td>{want.logged.estimate:.5f}</td>" in page
+    assert "Reward stream_30s, per served position" in page
+
+
+def test_segue_report_refuses_a_target_that_is_not_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["report", "--output", str(tmp_path / "r.html"), "--target", "nonsense"],
+        env={"SEGUE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+    )
+    assert result.exit_code == 2
+    assert "'nonsense' is not uniform, current, nor a CSV file" in result.output
+    assert not (tmp_path / "r.html").exists()
