@@ -435,5 +435,7 @@ def demo(host: str | None, port: int | None, items: int, users: int) -> None:
     web.run_app(app, host=host, port=port, print=None)
 
 
+main.add_command(__import__("gateway.cli_schemas").cli_schemas.schemas)
+
 if __name__ == "__main__":
     main()
