@@ -114,15 +114,23 @@ WHERE e.event_type = 'OutcomeRecorded'
 
 # The attribution rule of domain/reward_fold.py, written once for both views that use it. `o` is
 # the outcome event, `r` the slate's, `d` the definition. The slate is found through its stream
-# (`recommendation-{id}`, decision 5), which the (stream_id, stream_version) index serves. As in
-# the fold, a slate only counts for outcomes logged after it (in the readers' commit order), and
-# an outcome counts when it happened from a minute before the slate (client clock skew) to the
-# end of its kind's window.
+# (`recommendation-{id}`, decision 5), which the (stream_id, stream_version) index serves: a
+# lateral lookup per outcome, so that a query over a day of outcomes costs a day's worth of
+# probes however long the log is (a hash join would read every slate ever served). As in the
+# fold, a slate only counts for outcomes logged after it (in the readers' commit order).
 SLATE_OF_OUTCOME = """
-    r.stream_id = 'recommendation-' || ((o.payload ->> 'recommendation_id')::uuid)::text
-    AND r.event_type = 'RecommendationServed'
-    AND (r.tx_id, r.global_position) < (o.tx_id, o.global_position)
-    AND (o.payload ->> 'occurred_at')::timestamptz
+    SELECT r.payload, r.recorded_at, r.global_position
+    FROM public.events r
+    WHERE r.stream_id = 'recommendation-' || ((o.payload ->> 'recommendation_id')::uuid)::text
+      AND r.event_type = 'RecommendationServed'
+      AND (r.tx_id, r.global_position) < (o.tx_id, o.global_position)
+    LIMIT 1
+"""
+
+# An outcome counts for the slate when it happened from a minute before the slate (client clock
+# skew) to the end of its kind's window.
+IN_WINDOW = """
+    (o.payload ->> 'occurred_at')::timestamptz
         >= (r.payload ->> 'requested_at')::timestamptz - interval '1 minute'
     AND (o.payload ->> 'occurred_at')::timestamptz
         <= (r.payload ->> 'requested_at')::timestamptz
@@ -169,7 +177,7 @@ SELECT
     o.global_position
 FROM public.events o
 LEFT JOIN analytics.reward_definition d ON true
-JOIN public.events r ON {SLATE_OF_OUTCOME}
+CROSS JOIN LATERAL ({SLATE_OF_OUTCOME}) AS r
 -- The fold keeps a slate as {{item: position}}, so an item listed twice counts at its last place.
 CROSS JOIN LATERAL (
     SELECT x.entry
@@ -179,6 +187,8 @@ CROSS JOIN LATERAL (
     LIMIT 1
 ) AS s
 WHERE o.event_type = 'OutcomeRecorded'
+  AND o.payload ->> 'recommendation_id' IS NOT NULL
+  AND {IN_WINDOW}
 """
 
 ITEM_REWARDS_DAILY = f"""
@@ -207,8 +217,8 @@ FROM (
                CASE WHEN r.global_position IS NULL THEN 0::numeric ELSE {REWARD} END
         FROM public.events o
         LEFT JOIN analytics.reward_definition d ON true
-        LEFT JOIN public.events r
-               ON {SLATE_OF_OUTCOME}
+        LEFT JOIN LATERAL ({SLATE_OF_OUTCOME}) AS r
+               ON {IN_WINDOW}
               AND r.payload -> 'slate'
                   @> jsonb_build_array(jsonb_build_object('item_id', o.payload ->> 'item_id'))
         WHERE o.event_type = 'OutcomeRecorded'

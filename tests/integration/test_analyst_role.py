@@ -7,10 +7,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
 import asyncpg
 import pytest
 
+from domain.rewards import DEFAULT
 from gateway.database import migrate
+from tests.integration.test_analytics import scenario
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 ROLE = "segue_analyst"
 
@@ -150,3 +158,23 @@ async def test_downgrade_keeps_the_shared_role_and_upgrade_reuses_it(db_url: str
             await conn.fetch("SELECT * FROM listeners")
     finally:
         await conn.close()
+
+
+def readme_examples() -> list[str]:
+    """The SQL blocks of README's "Example queries"."""
+    text = README.read_text()
+    section = text.split("### Example queries", 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, flags=re.DOTALL)
+
+
+async def test_the_readme_examples_run_as_the_analyst(
+    pool: asyncpg.Pool, analyst: asyncpg.Connection
+) -> None:
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    async with pool.acquire() as conn:
+        await scenario(conn, DEFAULT, base=today - timedelta(days=5))
+    examples = readme_examples()
+    assert len(examples) >= 3
+    for sql in examples:
+        rows = await analyst.fetch(sql)
+        assert rows, f"no rows from:\n{sql}"

@@ -122,9 +122,9 @@ def _when(event: DomainEvent, fallback: datetime) -> datetime:
     return fallback
 
 
-def edge_cases(definition: RewardDefinition) -> list[list[DomainEvent]]:
+def edge_cases(definition: RewardDefinition, base: datetime) -> list[list[DomainEvent]]:
     """Slates and outcomes on every boundary of the attribution rule."""
-    at = BASE + timedelta(days=2, hours=9)
+    at = base + timedelta(days=2, hours=9)
     rec = seeded_uuid(RNG)
     slate = RecommendationServed(
         recommendation_id=rec,
@@ -180,18 +180,18 @@ def edge_cases(definition: RewardDefinition) -> list[list[DomainEvent]]:
     ]
 
 
-async def scenario(conn: Connection, definition: RewardDefinition) -> Timed:
-    """A seeded month of traffic over several days, old slate versions among it, and the edge
+async def scenario(conn: Connection, definition: RewardDefinition, base: datetime = BASE) -> Timed:
+    """Seeded traffic over the six days from `base`, old slate versions among it, and the edge
     cases; returns what the projector reads, in its order."""
-    world = make_world(11, BASE, items=30, users=15)
-    txs: list[tuple[datetime, list[Row]]] = [(BASE, [as_row(e) for e in catalogue(world)])]
+    world = make_world(11, base, items=30, users=15)
+    txs: list[tuple[datetime, list[Row]]] = [(base, [as_row(e) for e in catalogue(world)])]
     for sequence in traffic(world, recommendations=70, organic_outcomes=25, changes=5, days=6):
         for tx in sequence:
             version = RNG.choice([1, 2, 3, 3])
-            when = max(_when(e, BASE) for e in tx)
+            when = max(_when(e, base) for e in tx)
             txs.append((when, [as_row(e, version) for e in tx]))
-    for tx in edge_cases(definition):
-        txs.append((max(_when(e, BASE) for e in tx), [as_row(e) for e in tx]))
+    for tx in edge_cases(definition, base):
+        txs.append((max(_when(e, base) for e in tx), [as_row(e) for e in tx]))
     await insert(conn, txs)
     return timed(await committed_events(conn))
 
