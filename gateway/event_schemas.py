@@ -204,28 +204,23 @@ def refresh_event_types() -> None:
     added, so that databases already migrated learn about it too."""
     import sqlalchemy as sa
     from alembic import op
-    from sqlalchemy.dialects import postgresql as pg
 
-    table = sa.table(
-        "event_types",
-        sa.column("event_type", sa.Text),
-        sa.column("schema_version", sa.SmallInteger),
-        sa.column("is_current", sa.Boolean),
-        sa.column("description", sa.Text),
-        sa.column("json_schema", pg.JSONB),
-        schema="analytics",
+    op.execute("DELETE FROM analytics.event_types")
+    # One statement per row with the JSON as text cast to jsonb: works online, and renders as
+    # literals for `alembic upgrade --sql` (SQLAlchemy has no literal form for a JSONB value).
+    insert = sa.text(
+        "INSERT INTO analytics.event_types "
+        "(event_type, schema_version, is_current, description, json_schema) "
+        "VALUES (:event_type, :schema_version, :is_current, :description, "
+        "CAST(:json_schema AS jsonb))"
     )
-    op.execute(table.delete())
-    op.bulk_insert(
-        table,
-        [
-            {
-                "event_type": s.event_type,
-                "schema_version": s.schema_version,
-                "is_current": s.current,
-                "description": s.description,
-                "json_schema": s.schema,
-            }
-            for s in event_schemas()
-        ],
-    )
+    for s in event_schemas():
+        op.execute(
+            insert.bindparams(
+                event_type=s.event_type,
+                schema_version=s.schema_version,
+                is_current=s.current,
+                description=s.description,
+                json_schema=json.dumps(s.schema),
+            )
+        )
