@@ -18,10 +18,13 @@ def schemas() -> None:
 @click.argument("folder", type=FOLDER, required=False)
 def write_schemas(folder: Path | None) -> None:
     """Regenerate the schemas into FOLDER (default: the repository's docs/events)."""
-    from gateway.event_schemas import DEFAULT_FOLDER, write
+    from gateway.event_schemas import DEFAULT_FOLDER, MissingPayloadSchema, write
 
     target = folder or DEFAULT_FOLDER
-    changed = write(target)
+    try:
+        changed = write(target)
+    except MissingPayloadSchema as exc:
+        raise click.ClickException(str(exc)) from None
     for name in changed:
         click.echo(f"updated {target / name}", err=True)
     click.echo(f"{target}: {len(changed)} file(s) changed")
@@ -31,10 +34,13 @@ def write_schemas(folder: Path | None) -> None:
 @click.argument("folder", type=FOLDER, required=False)
 def check_schemas(folder: Path | None) -> None:
     """Exit 1 if FOLDER (default docs/events) differs from what the generator produces now."""
-    from gateway.event_schemas import DEFAULT_FOLDER, differences
+    from gateway.event_schemas import DEFAULT_FOLDER, MissingPayloadSchema, differences
 
     target = folder or DEFAULT_FOLDER
-    diff = differences(target)
+    try:
+        diff = differences(target)
+    except MissingPayloadSchema as exc:
+        raise click.ClickException(str(exc)) from None
     if diff:
         raise click.ClickException(
             f"{target} is out of date ({'; '.join(diff)}); run `segue schemas write {target}`"
