@@ -444,5 +444,14 @@ from gateway import cli_events  # noqa: E402  (after `main`: the module adds com
 main.add_command(cli_events.export)
 main.add_command(cli_events.import_)
 
+from gateway.cli_evaluate import evaluate, replay  # noqa: E402  (registered last, below)
+from gateway.cli_report import report  # noqa: E402
+from gateway.cli_schemas import schemas  # noqa: E402
+
+main.add_command(evaluate)
+main.add_command(replay)
+main.add_command(report)
+main.add_command(schemas)
+
 if __name__ == "__main__":
     main()

@@ -251,6 +251,24 @@ class Recommender:
             assert logged is not None
             return logged
 
+    async def candidates_for(self, served: RecommendationServed) -> list[list[Candidate]]:
+        """The eligible, scored candidates a logged request would get now (one list per listener:
+        several for a blend), gathered as `recommend`, `blend` and `discover` gather them, with
+        the generator seeded by the logged recommendation id. Today's catalogue, index, scores
+        and listening history are used: what the request saw then is not kept."""
+        rng = seed_from(served.recommendation_id.int)
+        if served.surface == DISCOVER:
+            return [await self._gather(served.user, Surface.HOME, [], [], None, rng, replays=False)]
+        surface = Surface(served.surface)
+        kinds = [ItemKind(k) for k in served.kinds]
+        caller = list(served.candidates) if served.candidates is not None else None
+        replays = surface in REPLAYS_ALLOWED or caller is not None
+        members = list(served.members) or [served.user]
+        return [
+            await self._gather(m, surface, kinds, served.exclude, caller, rng, replays=replays)
+            for m in members
+        ]
+
     async def _logged(self, recommendation_id: uuid.UUID) -> RecommendationServed | None:
         events = await self._store.read_stream(f"recommendation-{recommendation_id}")
         if not events:
