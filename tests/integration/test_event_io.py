@@ -36,7 +36,6 @@ from gateway.event_io import (
     ImportResult,
     JsonlSink,
     ParquetSink,
-    Sink,
     export_events,
     import_events,
     read_jsonl,
@@ -110,20 +109,21 @@ async def seed_log(dsn: str, seed: int = 7) -> None:
         await pool.close()
 
 
-def export_to(path: Path, fmt: str) -> Sink:
-    return ParquetSink(path) if fmt == "parquet" else JsonlSink(path.open("wb"))
-
-
 async def export_file(
     conn: asyncpg.Connection, path: Path, fmt: str, filters: Filters | None = None
 ) -> int:
-    sink = export_to(path, fmt)
-    try:
-        return await export_events(conn, sink, filters or Filters(), batch_rows=37)
-    finally:
-        sink.close()
-        if fmt == "jsonl":
-            sink._out.close()  # type: ignore[attr-defined]
+    """Export in small batches, so that batch boundaries are crossed."""
+    if fmt == "parquet":
+        sink = ParquetSink(path)
+        try:
+            return await export_events(conn, sink, filters or Filters(), batch_rows=37)
+        finally:
+            sink.close()
+    with path.open("wb") as f:
+        lines_sink = JsonlSink(f)
+        n = await export_events(conn, lines_sink, filters or Filters(), batch_rows=37)
+        lines_sink.close()
+        return n
 
 
 async def import_file(dsn: str, path: Path, fmt: str) -> ImportResult:
