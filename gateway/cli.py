@@ -439,19 +439,14 @@ def demo(host: str | None, port: int | None, items: int, users: int) -> None:
     web.run_app(app, host=host, port=port, print=None, access_log_class=RouteAccessLogger)
 
 
-from gateway import cli_events  # noqa: E402  (after `main`: the module adds commands to it)
-
-main.add_command(cli_events.export)
-main.add_command(cli_events.import_)
-
-from gateway.cli_evaluate import evaluate, replay  # noqa: E402  (registered last, below)
+# Commands that live in their own modules; imported after `main` exists, registered here.
+from gateway.cli_evaluate import evaluate, replay  # noqa: E402
+from gateway.cli_events import export, import_  # noqa: E402
 from gateway.cli_report import report  # noqa: E402
 from gateway.cli_schemas import schemas  # noqa: E402
 
-main.add_command(evaluate)
-main.add_command(replay)
-main.add_command(report)
-main.add_command(schemas)
+for command in (export, import_, evaluate, replay, report, schemas):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()
