@@ -13,6 +13,23 @@ from gateway.settings import Settings, asyncpg_dsn, sqlalchemy_url
 # when the last handle is released at exit.
 _embedded: dict[Path, Any] = {}
 
+# Everything that means "the database cannot be reached or cannot serve right now", as asyncpg
+# reports it depending on what a connection was doing when the server went away: OSError (refused,
+# reset, no socket; TimeoutError is one), class 08 on connecting, InterfaceError (and
+# InternalClientError) on the next use of a connection whose server ended it while it was idle,
+# class 57 (admin shutdown, crash shutdown, "cannot connect now" while starting or recovering,
+# a cancelled statement) in the middle of a query, class 53 (too many connections, out of
+# memory, disk full). Requests meeting one answer 503 and may be retried; background tasks
+# reconnect with backoff.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 

@@ -26,6 +26,10 @@ LAG_EVENTS = Gauge("segue_projection_lag_events", "Events not yet applied", ["pr
 LAG_SECONDS = Gauge(
     "segue_projection_lag_seconds", "Age of the oldest event not yet applied", ["projection"]
 )
+SCORES_REFRESHED = Gauge(
+    "segue_item_scores_refreshed_timestamp_seconds",
+    "When this process last read every item's reward posterior (Unix time)",
+)
 
 
 def publish_lag(rows: Iterable[Status]) -> None:

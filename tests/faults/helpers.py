@@ -34,6 +34,8 @@ import aiohttp
 import asyncpg
 import orjson
 
+from gateway.embedded import _ensure_runtime_dir
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -54,6 +56,9 @@ def segue_env(db_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
         "SEGUE_DATA_DIR": str(data_dir),
         "SEGUE_LOG_LEVEL": "WARNING",
         "SEGUE_KEY_CACHE_SECONDS": "0",
+        # The clients here are the load, not abuse: rate limits stay out of the way.
+        "SEGUE_RATE_LIMIT_PER_SECOND": "1000000",
+        "SEGUE_RATE_LIMIT_BURST": "1000000",
         **extra,
     }
 
@@ -95,7 +100,7 @@ class Gateway:
     def log_path(self) -> Path:
         return self.data_dir / f"gateway-{self.port}-{self.starts}.log"
 
-    async def start(self) -> None:
+    def spawn(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
         with self.log_path.open("wb") as log:
@@ -106,6 +111,10 @@ class Gateway:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    async def start(self) -> None:
+        """Start the process and wait until it answers /healthz."""
+        self.spawn()
         await wait_until(self._healthy, f"the gateway on port {self.port}", START_TIMEOUT, 0.1)
 
     async def _healthy(self) -> bool:
@@ -176,6 +185,9 @@ def segue(db_url: str, data_dir: Path, *args: str, timeout: float = 120.0) -> st
 
 
 def _pg_bin() -> Path:
+    # pgserver warns (an error under the suite's filters) without a runtime folder; give it
+    # one that outlives every cluster, as the embedded default does.
+    _ensure_runtime_dir(Path(tempfile.gettempdir()) / "segue-fault-tests")
     from pgserver._commands import POSTGRES_BIN_PATH
 
     path: Path = POSTGRES_BIN_PATH
@@ -192,6 +204,7 @@ class PrivateCluster:
         self.folder = Path(tempfile.mkdtemp(prefix="segue-fault-pg-"))
         self.data = self.folder / "data"
         self.user: str | None = None
+        _pg_bin()
         if os.geteuid() == 0:
             from pgserver.utils import (
                 ensure_folder_permissions,
@@ -373,8 +386,8 @@ class Load:
                 if got is not None and 200 <= got[0] < 300:
                     self.acked_events.update(uuid.UUID(o["event_id"]) for o in batch)
                     self.duplicates_reported += got[1]["duplicates"]
-                elif got is None:
-                    await asyncio.sleep(0.02)  # the gateway is gone: don't spin
+                else:
+                    await asyncio.sleep(0.02)  # gone or unavailable: don't spin
 
     async def recommendations_client(self, seed: int) -> None:
         rng = random.Random(seed)
@@ -388,7 +401,7 @@ class Load:
                     rid = uuid.UUID(got[1]["recommendation_id"])
                     self.acked_recommendations.add(rid)
                     self.slates[rid] = [i["item_id"] for i in got[1]["items"]]
-                elif got is None:
+                else:
                     await asyncio.sleep(0.02)
 
     @contextlib.asynccontextmanager

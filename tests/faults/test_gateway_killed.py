@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -41,7 +42,7 @@ async def test_sigkill_under_load_loses_and_duplicates_nothing(db_url: str, tmp_
                     # Let the clients get going, then kill it with requests in flight.
                     before = load.statuses[200]
                     await wait_until(
-                        lambda b=before: _more(load, b, 150), "clients to be answered", 30
+                        partial(_more, load, before, 150), "clients to be answered", 30
                     )
                     await asyncio.sleep(rng.uniform(0.0, 0.3))
                     gateway.kill()
