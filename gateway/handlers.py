@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import orjson
 import prometheus_client
@@ -268,19 +268,21 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     except Exception as exc:
         checks["database"] = f"unreachable: {exc.__class__.__name__}"
     ready = all(v == "ok" for v in checks.values())
-    # An index is not needed to answer (new installs serve without one), so it is reported
-    # here but does not decide readiness.
+    # An index is not needed to answer (new installs serve without one, and a damaged one is
+    # replaced by the last one loaded or by the popularity fallback), so it does not decide
+    # readiness; a damaged published index makes the process "degraded", still ready.
     holder = request.app[INDEX]
-    if holder.error is not None:
-        checks["index"] = f"serving the previous index: {holder.error}"
+    degraded = holder.error is not None
+    if degraded:
+        checks["index"] = f"degraded: {holder.error}"
     elif holder.current is None:
         checks["index"] = "none yet"
     else:
         checks["index"] = f"ok (version {holder.current.version})"
-    return reply(
-        ReadyOut(status="ready" if ready else "not ready", checks=checks),
-        status=200 if ready else 503,
+    state: Literal["ready", "degraded", "not ready"] = (
+        "not ready" if not ready else "degraded" if degraded else "ready"
     )
+    return reply(ReadyOut(status=state, checks=checks), status=200 if ready else 503)
 
 
 async def openapi(request: web.Request) -> web.StreamResponse:

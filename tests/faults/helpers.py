@@ -490,3 +490,30 @@ async def assert_acknowledged_stored_once(conn: asyncpg.Connection, load: Load) 
     )
     assert per_stream == 0, "a stream version is in the log twice"
     return len(load.acked_events) + len(load.acked_recommendations)
+
+
+# --- asking a running gateway -------------------------------------------------------------------
+
+
+async def get_json(
+    base_url: str, path: str, key: str | None = None, method: str = "GET", body: Any = None
+) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s,
+        s.request(method, base_url + path, json=body, headers=headers) as r,
+    ):
+        raw = await r.read()
+        return r.status, orjson.loads(raw) if raw else None
+
+
+async def metric(base_url: str, name: str) -> float | None:
+    """One unlabelled sample of the gateway's /metrics, or None if it is not there."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s,
+        s.get(base_url + "/metrics") as r,
+    ):
+        for line in (await r.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
