@@ -15,6 +15,7 @@ import json
 import random
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -157,10 +158,10 @@ async def test_damaged_index_files_are_survived_reported_and_repaired(
             status, body = await get_json(a.base_url, "/v1/admin/index/rebuild", key, "POST")
             assert status == 202, body
             await wait_until(
-                lambda v=version: _newer(root, v), f"a new index after the {what} one", 60
+                partial(_newer, root, version), f"a new index after the {what} one", 60
             )
             version = (await published(root))["version"]
-            await wait_until(lambda v=version: healthy(a, v), "gateway A to recover", 30)
+            await wait_until(partial(healthy, a, version), "gateway A to recover", 30)
             await probe.serve(version)
 
         # 2. A fresh gateway starting on a damaged index: it comes up on the fallback.
@@ -189,7 +190,7 @@ async def test_damaged_index_files_are_survived_reported_and_repaired(
         c = Gateway(db_url, tmp_path)
         async with c:
             await wait_until(
-                lambda v=version: _newer(root, v), "gateway C to rebuild the damaged index", 60
+                partial(_newer, root, version), "gateway C to rebuild the damaged index", 60
             )
             version = (await published(root))["version"]
             await wait_until(lambda: healthy(c, version), "gateway C to serve its repair", 30)
