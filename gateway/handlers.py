@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime
 from typing import Annotated, Literal, TypeVar
 
@@ -24,11 +25,12 @@ from gateway.appkeys import (
     RECOMMENDER,
     REWARDS,
 )
+from gateway.auth import CURRENT_KEY
 from gateway.catalog import CatalogItem
 from gateway.metrics import publish_lag
 from gateway.problems import ProblemError, from_validation
 from gateway.projector import status as projection_status
-from gateway.recommendations import NO_INDEX
+from gateway.recommendations import NO_INDEX, idempotent_id
 from gateway.rewards_reader import SurfaceRewards
 from gateway.schemas import (
     BlendIn,
@@ -117,9 +119,30 @@ def item_out(item: CatalogItem | ItemUpserted, version: int, retired: bool = Fal
     )
 
 
+IDEMPOTENCY_KEY = "Idempotency-Key"
+_IDEMPOTENCY_KEY: TypeAdapter[str] = TypeAdapter(
+    Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
+)
+
+
+def idempotency(request: web.Request) -> uuid.UUID | None:
+    """The recommendation id an `Idempotency-Key` header asks for, or None without one."""
+    raw = request.headers.get(IDEMPOTENCY_KEY)
+    if raw is None:
+        return None
+    try:
+        value = _IDEMPOTENCY_KEY.validate_python(raw)
+    except ValidationError as exc:
+        raise from_validation(exc, prefix=IDEMPOTENCY_KEY) from None
+    key = CURRENT_KEY.get()
+    assert key is not None, "idempotency keys are only read on authenticated routes"
+    return idempotent_id(key.key_id, value)
+
+
 async def recommend(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, RecommendationIn)
-    return reply(recommendation_out(await request.app[RECOMMENDER].recommend(body)))
+    served = await request.app[RECOMMENDER].recommend(body, recommendation_id=idempotency(request))
+    return reply(recommendation_out(served))
 
 
 async def blend(request: web.Request) -> web.StreamResponse:
@@ -135,7 +158,8 @@ async def blend(request: web.Request) -> web.StreamResponse:
                 field=f"user_ids[{i}]",
             )
         seen.add(user)
-    return reply(recommendation_out(await request.app[RECOMMENDER].blend(body)))
+    served = await request.app[RECOMMENDER].blend(body, recommendation_id=idempotency(request))
+    return reply(recommendation_out(served))
 
 
 def query_n(request: web.Request) -> int:
