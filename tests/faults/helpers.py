@@ -166,6 +166,44 @@ class Gateway:
         self.stop()
 
 
+class Projector:
+    """`segue project` in a process of its own, for killing; gone when the block ends."""
+
+    def __init__(self, db_url: str, data_dir: Path, **settings: str) -> None:
+        self.db_url = db_url
+        self.data_dir = data_dir
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        with (self.data_dir / f"project-{self.starts}.log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "project"],
+                cwd=ROOT,
+                env=segue_env(self.db_url, self.data_dir, **self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the projector had exited with {self.proc.returncode}")
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=STOP_TIMEOUT)
+
+    def __enter__(self) -> Projector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT)
+
+
 def segue(db_url: str, data_dir: Path, *args: str, timeout: float = 120.0) -> str:
     """Run one `segue` command to the end; its stdout, or a failure with its stderr."""
     done = subprocess.run(
