@@ -53,13 +53,21 @@ def configured_url(*, sqlalchemy: bool = False, start_embedded: bool = True) -> 
     return sqlalchemy_url(url) if sqlalchemy else url
 
 
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     """The app's pool. Idle-in-transaction sessions are cut off: one open writer would otherwise
-    hold back every reader of the log (they wait for the oldest running transaction)."""
+    hold back every reader of the log (they wait for the oldest running transaction).
+
+    Connecting gives up after a few seconds (asyncpg waits a minute by default), so that a
+    request meeting an unreachable server, which the pool tries to reconnect to, answers 503
+    in bounded time rather than hang."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        timeout=CONNECT_TIMEOUT_SECONDS,
         server_settings={
             "application_name": "segue",
             "idle_in_transaction_session_timeout": "15000",
