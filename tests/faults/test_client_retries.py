@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -137,17 +136,14 @@ async def test_every_request_sent_twice_or_retried_after_a_timeout_is_harmless(
             assert sum(a[1]["accepted"] for a in answers) == 10, answers
             assert sum(a[1]["duplicates"] for a in answers) == 10, answers
 
-        # Outcomes, retried after the client gave up on a first attempt still being served: it
-        # gives up after a third of the time such a request takes.
-        took = []
-        for _ in range(3):
-            batch = outcomes(rng, 500)
-            sent_events.update(o["event_id"] for o in batch)
-            started = time.monotonic()
-            assert (await client.answer("POST", "/v1/outcomes", {"outcomes": batch}))[0] == 200
-            took.append(time.monotonic() - started)
-        patience = sorted(took)[1] / 3
-        for _ in range(10):
+        # Outcomes, retried after the client gave up on a first attempt still being served. How
+        # long "still being served" lasts depends on the machine's load, so the client's patience
+        # adapts: shorter when the first attempt was answered, longer when it gave up before the
+        # server had committed anything.
+        patience = 0.02
+        tries = 0
+        while tries < 10 or (late_duplicates < 3 and tries < 40):
+            tries += 1
             batch = outcomes(rng, 500)
             sent_events.update(o["event_id"] for o in batch)
             answers, gave_up = await client.retried(
@@ -157,7 +153,13 @@ async def test_every_request_sent_twice_or_retried_after_a_timeout_is_harmless(
             assert all(a[0] == 200 for a in answers), answers
             last = answers[-1][1]
             assert last["accepted"] + last["duplicates"] == 500
-            late_duplicates += gave_up and last["duplicates"] == 500
+            if not gave_up:
+                patience /= 2
+            elif last["duplicates"] == 500:
+                late_duplicates += 1
+            else:
+                assert last["accepted"] == 500, "all or nothing"
+                patience *= 1.5
 
         # Recommendations with an Idempotency-Key: the same slate, logged once.
         keyed: dict[str, dict[str, Any]] = {}
