@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -58,6 +59,8 @@ from gateway.rewards_reader import LiveVersions, RewardsReader
 from gateway.routes import ENDPOINTS, setup_routes
 from gateway.scores import ItemScores
 from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -153,7 +156,7 @@ async def _indexes(app: web.Application) -> AsyncIterator[None]:
     app[INDEX] = holder
     app[INDEX_SERVICE] = service
     app[VERSIONS] = LiveVersions(app[POOL])
-    app[SCORES] = ItemScores(app[POOL], app[VERSIONS])
+    app[SCORES] = ItemScores(app[POOL], app[VERSIONS], every=settings.scores_refresh_seconds)
     tasks = [
         asyncio.create_task(holder.watch(), name="index-watch"),
         asyncio.create_task(app[SCORES].watch(), name="item-scores"),
@@ -172,8 +175,12 @@ async def _indexes(app: web.Application) -> AsyncIterator[None]:
 async def _watch_lag(pool: asyncpg.Pool, every: float = 5.0) -> None:
     """Keep the lag gauges current even when nobody asks for the status."""
     while True:
-        with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
+        try:
             publish_lag(await projection_status(pool))
+        except UNAVAILABLE:
+            pass  # the gauges keep their last values until the database is back
+        except Exception:
+            log.exception("could not read the projections' lag")
         await asyncio.sleep(every)
 
 

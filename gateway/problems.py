@@ -9,12 +9,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.access_log import route_of
+from gateway.database import UNAVAILABLE_ERRORS
 from gateway.store_api import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -114,16 +114,7 @@ _STATUS_KINDS = {
 
 
 # Errors that mean "the database is out of reach right now": the client should retry later.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    StoreUnavailable,
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-)
+UNAVAILABLE: tuple[type[BaseException], ...] = (StoreUnavailable, *UNAVAILABLE_ERRORS)
 
 
 @web.middleware

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from gateway import handlers, schemas
 from gateway.appkeys import KEYS, LIMITER
-from gateway.auth import Scope
+from gateway.auth import CURRENT_KEY, Scope
 from gateway.problems import ProblemError
 from gateway.ratelimit import retry_after
 
@@ -38,6 +38,9 @@ class Endpoint:
     status: int = 200
     query: tuple[QueryParam, ...] = field(default=())
     content_type: str = "application/json"
+    # Takes an `Idempotency-Key` header: a retry with the same key is answered with the
+    # original result instead of being done again.
+    idempotent: bool = False
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -50,6 +53,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.RECOMMEND,
         schemas.RecommendationIn,
         schemas.RecommendationOut,
+        idempotent=True,
     ),
     Endpoint(
         "POST",
@@ -60,6 +64,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.RECOMMEND,
         schemas.BlendIn,
         schemas.RecommendationOut,
+        idempotent=True,
     ),
     Endpoint(
         "GET",
@@ -243,6 +248,7 @@ def _guarded(handler: Handler, scope: Scope) -> Handler:
                 field="Authorization",
                 headers={"Retry-After": retry_after(wait)},
             )
+        CURRENT_KEY.set(key)
         return await handler(request)
 
     return guarded

@@ -217,7 +217,10 @@ class HealthOut(_Model):
 
 
 class ReadyOut(_Model):
-    status: Literal["ready", "not ready"]
+    status: Literal["ready", "degraded", "not ready"] = Field(
+        description="degraded: ready, but the published index is unusable and this process "
+        "serves the index it loaded before or the popularity fallback (checks.index says why)"
+    )
     checks: dict[str, str]
 
 

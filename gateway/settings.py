@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     )
     index_build_interval_seconds: Annotated[float, Field(gt=0)] = 600.0
     index_min_new_events: Annotated[int, Field(ge=1)] = 1000
+    scores_refresh_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=10.0, description="How often each process re-reads every item's reward posterior"
+    )
     rate_limit_per_second: Annotated[float, Field(gt=0)] = Field(
         default=500.0, description="Requests per second per API key, per gateway process"
     )
