@@ -171,8 +171,15 @@ CREATE CONSTRAINT TRIGGER test_pause AFTER INSERT ON events
 
 
 async def _wait_for_blocked_backend(db: asyncpg.Connection, deadline_s: float = 10.0) -> None:
-    """Poll (with a deadline: nothing signals it) until a session waits on an advisory lock."""
-    waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    """Poll (with a deadline: nothing signals it) until a session of this database waits on
+    advisory lock 4242. Only that one: the gateway's own runners and builders wait on advisory
+    locks too, and returning early would let the next request join the held transaction's
+    group commit and wait for it."""
+    waiting = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+        "AND classid = 0 AND objid = 4242 AND objsubid = 1 "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
     async with asyncio.timeout(deadline_s):
         while True:
             if await db.fetchval(waiting):
