@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from typing import Annotated, TypeVar
+from urllib.parse import unquote_to_bytes
 
 import orjson
 import prometheus_client
@@ -99,11 +100,33 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         raise from_validation(exc) from None
 
 
-def path_item_id(request: web.Request) -> str:
+def path_text(request: web.Request, name: str, adapter: TypeAdapter[str]) -> str:
+    """The path parameter `name`, validated by `adapter`; 422 naming it when it is invalid, or
+    when its percent-encoding is not UTF-8 (the router leaves such bytes encoded, so `%FF` would
+    otherwise silently become the three-character id "%FF", the same as `%25FF`)."""
+    resource = request.match_info.route.resource
+    template = resource.canonical.split("/") if resource is not None else []
+    raw = request.raw_path.partition("?")[0].split("/")
+    marker = "{" + name + "}"
+    if marker in template and len(raw) == len(template):
+        try:
+            unquote_to_bytes(raw[template.index(marker)]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProblemError(
+                422,
+                "validation",
+                "Invalid request",
+                f"{name}: the percent-encoded bytes are not UTF-8",
+                field=name,
+            ) from None
     try:
-        return _ITEM_ID.validate_python(request.match_info["item_id"])
+        return adapter.validate_python(request.match_info[name])
     except ValidationError as exc:
-        raise from_validation(exc, prefix="item_id") from None
+        raise from_validation(exc, prefix=name) from None
+
+
+def path_item_id(request: web.Request) -> str:
+    return path_text(request, "item_id", _ITEM_ID)
 
 
 def item_out(item: CatalogItem | ItemUpserted, version: int, retired: bool = False) -> ItemOut:
@@ -146,10 +169,7 @@ def query_n(request: web.Request) -> int:
 
 
 async def discover(request: web.Request) -> web.StreamResponse:
-    try:
-        user_id = _USER_ID.validate_python(request.match_info["user_id"])
-    except ValidationError as exc:
-        raise from_validation(exc, prefix="user_id") from None
+    user_id = path_text(request, "user_id", _USER_ID)
     n = query_n(request)
     return reply(recommendation_out(await request.app[RECOMMENDER].discover(user_id, n)))
 
