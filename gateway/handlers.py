@@ -10,7 +10,7 @@ from urllib.parse import unquote_to_bytes
 import orjson
 import prometheus_client
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from domain.events import ItemUpserted, RecommendationServed
 from gateway import openapi as openapi_doc
@@ -50,6 +50,7 @@ from gateway.schemas import (
     RecommendationIn,
     RecommendationOut,
     RewardOut,
+    Rfc3339,
     SimilarItemOut,
     SimilarOut,
     SlateItemOut,
@@ -320,7 +321,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     )
 
 
-_AS_OF: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+_AS_OF: TypeAdapter[datetime] = TypeAdapter(Rfc3339)
 
 
 def _reward(r: SurfaceRewards) -> RewardOut:

@@ -97,8 +97,8 @@ def build_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
         errors: dict[str, str] = {}
         if ep.body is not None:
             errors |= _ERRORS_WITH_BODY
-        if params:
-            errors["422"] = _ERRORS_WITH_BODY["422"]
+        if params or ep.scope is not None:  # /v1 routes refuse unknown query parameters too
+            errors["422"] = "A field or query parameter is invalid or unknown; `field` names it"
         if "{item_id}" in ep.path and ep.method in ("GET", "DELETE"):
             errors["404"] = "No such item"
         if ep.scope is not None:

@@ -219,7 +219,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 )
 
 
-def _guarded(handler: Handler, scope: Scope) -> Handler:
+def _guarded(handler: Handler, scope: Scope, query: frozenset[str]) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         key = await request.app[KEYS].require(request.headers.get("Authorization"), scope)
         wait = request.app[LIMITER].acquire(key.key_id)
@@ -231,6 +231,17 @@ def _guarded(handler: Handler, scope: Scope) -> Handler:
                 f"this key is over its rate limit; retry in {wait:.2f} s",
                 field="Authorization",
                 headers={"Retry-After": retry_after(wait)},
+            )
+        # Strict like the bodies: a misspelt `?asof=` must not silently mean "now".
+        unknown = sorted(set(request.query) - query)
+        if unknown:
+            allowed = ", ".join(sorted(query)) or "none"
+            raise ProblemError(
+                422,
+                "validation",
+                "Invalid request",
+                f"unknown query parameter {unknown[0]!r}; this route takes: {allowed}",
+                field=unknown[0],
             )
         return await handler(request)
 
@@ -246,5 +257,6 @@ def router_path(path: str) -> str:
 
 def setup_routes(app: web.Application) -> None:
     for ep in ENDPOINTS:
-        handler = ep.handler if ep.scope is None else _guarded(ep.handler, ep.scope)
+        query = frozenset(q.name for q in ep.query)
+        handler = ep.handler if ep.scope is None else _guarded(ep.handler, ep.scope, query)
         app.router.add_route(ep.method, router_path(ep.path), handler)

@@ -7,12 +7,21 @@ Models are strict (no "3" for 3, no unknown fields) and parsed straight from JSO
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+)
 
 from domain.events import OutcomeKind
 
@@ -59,6 +68,26 @@ def _clean_json(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
     return value
 
 
+# RFC 3339's date-time: pydantic alone also takes "1700000000" (epoch seconds), "2024-01-01T00:00Z"
+# (no seconds) and a space for the T, none of which the published `format: date-time` allows.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _rfc3339(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # refused by the strict datetime that follows
+    if not _RFC3339.fullmatch(value):
+        raise ValueError(
+            "must be an RFC 3339 date-time with a time zone, e.g. 2026-03-02T12:00:00Z"
+        )
+    # Parsed here, because a strict model takes only datetimes once a validator has run;
+    # nanoseconds (Go's RFC3339Nano) are cut to the microseconds Python and PostgreSQL keep.
+    return datetime.fromisoformat(value.upper())
+
+
+Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 Text = Annotated[str, AfterValidator(_clean_text)]
 # Length first, then the NUL check, so a too-long id is explained in characters.
 UserId = Annotated[
@@ -114,7 +143,7 @@ class OutcomeIn(_Model):
     value: Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)] | None = Field(
         default=None, description="A measure of the outcome, e.g. milliseconds played"
     )
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: Rfc3339 | None = Field(
         default=None, description="RFC 3339 with a time zone; defaults to the time received"
     )
 

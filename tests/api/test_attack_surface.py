@@ -15,6 +15,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -662,3 +663,76 @@ async def test_unparseable_http_is_a_4xx(api: Api) -> None:
         answer = await raw_http(api.base_url, _request(target, authorization))
         status = int(answer.split(b" ", 2)[1])
         assert 400 <= status < 500, answer[:300]
+
+
+# --- query strings and instants: strict like the bodies -------------------------------------
+
+GUARDED_GETS = [
+    ("GET", "/v1/items/q1"),
+    ("GET", "/v1/items/q1/similar"),
+    ("GET", "/v1/items/q1/rewards"),
+    ("GET", "/v1/users/q1/discover"),
+    ("GET", "/v1/admin/status"),
+    ("DELETE", "/v1/items/never-q"),
+    ("POST", "/v1/admin/index/rebuild"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), GUARDED_GETS)
+@pytest.mark.parametrize("query", ["asof=2020-01-01T00:00:00Z", "N=3", "x=1", "=0", "n=2&debug"])
+async def test_an_unknown_query_parameter_is_422_naming_it(
+    api: Api, method: str, path: str, query: str
+) -> None:
+    """A misspelt `?asof=` must not silently mean "now" (found by schemathesis)."""
+    name = next(p.partition("=")[0] for p in query.split("&") if p.partition("=")[0] != "n")
+    reply = await api.request(method, f"{path}?{query}", encoded=True)
+    problem = expect_problem(reply, 422, name)
+    assert "unknown query parameter" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    "instant",
+    ["0", "1700000000", "2026-03-02T12:00Z", "2026-03-02 12:00:00Z", "2026-03-02T12:00:00",
+     "2026-03-02T12:00:00.1234567891Z", "2026-02-30T12:00:00Z", "2026-03-02T12:00:00+24:00",
+     "+2026-03-02T12:00:00Z", "2026-03-02T12:00:00Z\n", "２０２６-03-02T12:00:00Z"],
+)  # fmt: skip
+async def test_instants_are_rfc_3339_only(api: Api, db: asyncpg.Connection, instant: str) -> None:
+    """pydantic alone takes "0" as 1970 and "1700000000" as epoch seconds (found by
+    schemathesis on `as_of`); both `as_of` and `occurred_at` now take RFC 3339 only."""
+    events = await db.fetchval("SELECT count(*) FROM events")
+    reply = await api.post("/v1/outcomes", {"outcomes": [_outcome(occurred_at=instant)]})
+    expect_problem(reply, 422, "outcomes[0].occurred_at")
+    reply = await api.request(
+        "GET", f"/v1/items/x/rewards?as_of={quote(instant, safe='')}", encoded=True
+    )
+    expect_problem(reply, 422, "as_of")
+    assert await db.fetchval("SELECT count(*) FROM events") == events
+
+
+@pytest.mark.parametrize(
+    ("instant", "stored"),
+    [
+        ("2026-03-02T12:00:00Z", "2026-03-02T12:00:00+00:00"),
+        ("2026-03-02t12:00:00z", "2026-03-02T12:00:00+00:00"),
+        ("2026-03-02T13:30:00+01:30", "2026-03-02T12:00:00+00:00"),
+        ("2026-03-02T12:00:00.5-00:00", "2026-03-02T12:00:00.500000+00:00"),
+        ("2026-03-02T12:00:00.123456789Z", "2026-03-02T12:00:00.123456+00:00"),  # Go's Nano
+    ],
+)
+async def test_rfc_3339_instants_are_accepted(
+    api: Api, db: asyncpg.Connection, instant: str, stored: str
+) -> None:
+    o = _outcome(occurred_at=instant)
+    reply = await api.post("/v1/outcomes", {"outcomes": [o]})
+    assert reply.status == 200, reply.body
+    payload = await db.fetchval(
+        "SELECT payload::text FROM events WHERE event_id = $1", uuid.UUID(o["event_id"])
+    )
+    got = datetime.fromisoformat(orjson.loads(payload)["occurred_at"])
+    assert got == datetime.fromisoformat(stored)
+    reply = await api.request(
+        "GET", f"/v1/items/{o['item_id']}/rewards?as_of={quote(instant, safe='')}", encoded=True
+    )
+    assert reply.status in (200, 404), reply.body  # 404: the outcome's item is not catalogued
+    if reply.status == 404:
+        expect_problem(reply, 404, "item_id")

@@ -30,6 +30,7 @@ from schemathesis.core.result import Ok
 from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -46,6 +47,7 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
     response_headers_conformance,
+    negative_data_rejection,  # what the spec calls invalid is refused, never accepted
 ]
 
 
