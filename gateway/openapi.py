@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 import gateway
 from gateway.problems import PROBLEM_JSON
-from gateway.schemas import Problem
+from gateway.schemas import NO_NUL, Problem
 
 if TYPE_CHECKING:
     from gateway.routes import Endpoint
@@ -61,7 +61,7 @@ def build_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
                 "name": name,
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                "schema": {"type": "string", "minLength": 1, "maxLength": 256, **NO_NUL},
             }
             for name in re.findall(r"{(\w+)}", ep.path)
         ]

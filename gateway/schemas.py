@@ -89,17 +89,39 @@ def _rfc3339(value: object) -> object:
 
 Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 Text = Annotated[str, AfterValidator(_clean_text)]
+# Published, not used to validate: the NUL check's own message is clearer than "should match".
+NO_NUL = {"pattern": "^[^\\u0000]*$"}
 # Length first, then the NUL check, so a too-long id is explained in characters.
 UserId = Annotated[
     str,
-    Field(min_length=1, max_length=256, description="The listener's id in the client's system"),
+    Field(
+        min_length=1,
+        max_length=256,
+        description="The listener's id in the client's system",
+        json_schema_extra=NO_NUL,
+    ),
     AfterValidator(_clean_text),
 ]
 ItemId = Annotated[
     str,
-    Field(min_length=1, max_length=256, description="The catalogue's item id"),
+    Field(
+        min_length=1,
+        max_length=256,
+        description="The catalogue's item id",
+        json_schema_extra=NO_NUL,
+    ),
     AfterValidator(_clean_text),
 ]
+
+
+def _integral(value: object) -> object:
+    # JSON Schema's "integer" includes 93.0; a strict int alone would refuse what the spec allows.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+SlateSize = Annotated[int, Field(ge=1, le=100), BeforeValidator(_integral)]
 JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_clean_json)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -163,7 +185,7 @@ class OutcomesOut(_Model):
 class RecommendationIn(_Model):
     user_id: UserId
     surface: Surface = Surface.HOME
-    n: Annotated[int, Field(ge=1, le=100)] = 10
+    n: SlateSize = 10
     context: JsonObject = Field(
         default_factory=dict, description="Free-form request context, logged with the slate"
     )
@@ -328,10 +350,12 @@ class StatusOut(_Model):
 
 class BlendIn(_Model):
     user_ids: Annotated[list[UserId], Field(min_length=2, max_length=10)] = Field(
-        description="2-10 distinct listeners sharing one slate"
+        description="2-10 distinct listeners sharing one slate",
+        # Enforced by the handler (a 422 naming the repeat); published so generators know.
+        json_schema_extra={"uniqueItems": True},
     )
     surface: Surface = Surface.HOME
-    n: Annotated[int, Field(ge=1, le=100)] = 10
+    n: SlateSize = 10
     context: JsonObject = Field(default_factory=dict)
     exclude: Annotated[list[ItemId], Field(max_length=1000)] = Field(default_factory=list)
     kinds: Annotated[list[ItemKind], Field(max_length=len(ItemKind))] = Field(default_factory=list)
