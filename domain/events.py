@@ -117,10 +117,28 @@ class OutcomeRecorded:
         return f"listener-{self.user}"
 
 
-DomainEvent = ItemUpserted | ItemRetired | RecommendationServed | OutcomeRecorded
+@dataclass(frozen=True, slots=True)
+class ListenerForgotten:
+    """A listener asked to be forgotten. It carries the pseudonym only: the client's id is never
+    in the log, and the mapping between the two is deleted when this is recorded. Projections
+    drop the listener's own rows when they fold it; item aggregates keep what they counted."""
+
+    TYPE: ClassVar[str] = "ListenerForgotten"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    user: str
+
+    def stream_id(self) -> str:
+        return f"listener-{self.user}"
+
+
+DomainEvent = (
+    ItemUpserted | ItemRetired | RecommendationServed | OutcomeRecorded | ListenerForgotten
+)
 
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
-    cls.TYPE: cls for cls in (ItemUpserted, ItemRetired, RecommendationServed, OutcomeRecorded)
+    cls.TYPE: cls
+    for cls in (ItemUpserted, ItemRetired, RecommendationServed, OutcomeRecorded, ListenerForgotten)
 }
 
 
@@ -174,6 +192,8 @@ def to_payload(event: DomainEvent) -> JSON:
                 ),
                 "value": event.value,
             }
+        case ListenerForgotten():
+            return {"user": event.user}
 
 
 def _slate(raw: list[JSON]) -> tuple[SlateEntry, ...]:
@@ -231,6 +251,8 @@ def from_current_payload(event_type: str, payload: JSON) -> DomainEvent:
             recommendation_id=UUID(rec) if rec is not None else None,
             value=float(value) if value is not None else None,
         )
+    if event_type == ListenerForgotten.TYPE:
+        return ListenerForgotten(user=payload["user"])
     raise UnknownEventType(event_type)
 
 

@@ -1,5 +1,6 @@
 """The listeners projection as a pure fold: the implicit-feedback matrix and what each listener
-has already heard. Every aggregate here is additive (or a min/max), so no state is needed."""
+has already heard. Every aggregate here is additive (or a min/max), so the only state needed is
+which listeners were forgotten: their rows go, and nothing of theirs is folded afterwards."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from domain.events import DomainEvent, OutcomeKind, OutcomeRecorded
+from domain.events import DomainEvent, ListenerForgotten, OutcomeKind, OutcomeRecorded
 from domain.rewards import RewardDefinition
 
 ZERO = Decimal(0)
@@ -20,6 +21,9 @@ class ListenerChanges:
     affinity: dict[tuple[str, str], list[Decimal]] = field(default_factory=dict)
     # (listener, item) -> (first heard, last heard, plays)
     history: dict[tuple[str, str], tuple[datetime, datetime, int]] = field(default_factory=dict)
+    # Listeners forgotten in this batch: every stored row of theirs is deleted before the above
+    # are written, and they are remembered as forgotten.
+    forgotten: set[str] = field(default_factory=set)
 
 
 def heard_kinds(definition: RewardDefinition) -> frozenset[OutcomeKind]:
@@ -28,11 +32,25 @@ def heard_kinds(definition: RewardDefinition) -> frozenset[OutcomeKind]:
 
 
 def fold_listeners(
-    changes: ListenerChanges, events: Iterable[DomainEvent], definition: RewardDefinition
+    changes: ListenerChanges,
+    events: Iterable[DomainEvent],
+    definition: RewardDefinition,
+    forgotten: set[str] | None = None,
 ) -> None:
+    """Fold `events` into `changes`. `forgotten` holds the listeners forgotten before these
+    events (it gains the ones forgotten among them): an outcome of theirs that arrives after
+    their `ListenerForgotten` (from a gateway that had not yet heard of it) is not folded."""
     heard = heard_kinds(definition)
+    gone = forgotten if forgotten is not None else set()
     for e in events:
-        if not isinstance(e, OutcomeRecorded):
+        if isinstance(e, ListenerForgotten):
+            gone.add(e.user)
+            changes.forgotten.add(e.user)
+            for table in (changes.affinity, changes.history):
+                for key in [k for k in table if k[0] == e.user]:
+                    del table[key]
+            continue
+        if not isinstance(e, OutcomeRecorded) or e.user in gone:
             continue
         key = (e.user, e.item_id)
         entry = changes.affinity.setdefault(key, [ZERO, ZERO])

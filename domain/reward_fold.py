@@ -20,6 +20,10 @@ Rules:
   first, which would make the trace depend on arrival order). Day d (1..horizon) is active when
   the listener streamed the item, or any item of the same show, on day start + d. Streams reported
   before the trace existed count too: the result does not depend on the order outcomes arrive in.
+- A forgotten listener's days of activity are deleted, and none are recorded for them afterwards
+  (their pseudonym can only reappear from a gateway that had not yet heard). Everything keyed by
+  recommendation or item (slates, impressions, traces, the aggregates) stays: it is what the
+  log still says, and no longer leads to a person.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from domain.events import (
     DomainEvent,
     ItemRetired,
     ItemUpserted,
+    ListenerForgotten,
     OutcomeRecorded,
     RecommendationServed,
 )
@@ -82,6 +87,8 @@ class RewardState:
     )
     user_days: dict[tuple[str, str], set[int]] = field(default_factory=lambda: defaultdict(set))
     activity: set[tuple[UUID, str, int]] = field(default_factory=set)
+    # Listeners forgotten so far, among those the batch names.
+    forgotten: set[str] = field(default_factory=set)
 
     def add_trace(self, key: TraceKey, trace: Trace) -> None:
         self.traces[key] = trace
@@ -97,6 +104,9 @@ class RewardChanges:
     traces: dict[TraceKey, Trace] = field(default_factory=dict)
     user_days: set[tuple[str, str, int]] = field(default_factory=set)
     activity: set[tuple[UUID, str, int]] = field(default_factory=set)
+    # Listeners forgotten in this batch: their stored days are deleted before the above are
+    # written, and they are remembered as forgotten.
+    forgotten: set[str] = field(default_factory=set)
     # Additive deltas; the last key element is the event's recorded_at.
     # (item, surface, at) -> [served, reward_sum, reward_sq]
     item_rewards: dict[tuple[str, str, datetime], list[Decimal]] = field(
@@ -157,6 +167,16 @@ def fold(
                 pass  # retired items keep their history
             case OutcomeRecorded():
                 _outcome(state, changes, at, event, definition, horizon)
+            case ListenerForgotten():
+                _forget(state, changes, event.user)
+
+
+def _forget(state: RewardState, changes: RewardChanges, user: str) -> None:
+    state.forgotten.add(user)
+    changes.forgotten.add(user)
+    for key in [k for k in state.user_days if k[0] == user]:
+        del state.user_days[key]
+    changes.user_days = {d for d in changes.user_days if d[0] != user}
 
 
 def _outcome(
@@ -209,7 +229,7 @@ def _outcome(
             for d in state.user_days.get((trace.user, trace.target), ()):
                 _mark(state, changes, key, trace, d, at, horizon)
 
-    if is_stream:
+    if is_stream and o.user not in state.forgotten:
         for target in targets_of(o.item_id, show):
             days = state.user_days[(o.user, target)]
             if day in days:
@@ -247,21 +267,24 @@ class Needs:
     recommendations: frozenset[UUID]
     impressions: frozenset[TraceKey]
     items: frozenset[str]
+    listeners: frozenset[str] = frozenset()  # whose being forgotten matters to the batch
 
 
 def needs(events: Iterable[DomainEvent]) -> Needs:
     recs: set[UUID] = set()
     impressions: set[TraceKey] = set()
     items: set[str] = set()
+    listeners: set[str] = set()
     for e in events:
         if isinstance(e, OutcomeRecorded):
             items.add(e.item_id)
+            listeners.add(e.user)
             if e.recommendation_id is not None:
                 recs.add(e.recommendation_id)
                 impressions.add((e.recommendation_id, e.item_id))
         elif isinstance(e, ItemUpserted):
             items.add(e.item_id)
-    return Needs(frozenset(recs), frozenset(impressions), frozenset(items))
+    return Needs(frozenset(recs), frozenset(impressions), frozenset(items), frozenset(listeners))
 
 
 def listener_targets(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -22,6 +23,7 @@ from gateway.appkeys import (
     CATALOG,
     CLOCK,
     DSN,
+    ERASURE,
     INDEX,
     INDEX_SERVICE,
     KEYS,
@@ -41,6 +43,7 @@ from gateway.appkeys import (
 from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog, CatalogProjection
 from gateway.database import create_pool
+from gateway.erasure import Erasure
 from gateway.event_store import PostgresEventStore
 from gateway.index_service import IndexService
 from gateway.indexes import IndexHolder
@@ -57,6 +60,8 @@ from gateway.rewards_reader import LiveVersions, RewardsReader
 from gateway.routes import ENDPOINTS, setup_routes
 from gateway.scores import ItemScores
 from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -107,7 +112,8 @@ async def _event_store(app: web.Application) -> AsyncIterator[None]:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings, pool, store, clock = app[SETTINGS], app[POOL], app[STORE], app[CLOCK]
     app[CATALOG] = Catalog(pool, store, settings.catalog_cache_seconds)
-    app[PSEUDONYMS] = Pseudonyms(pool)
+    app[PSEUDONYMS] = Pseudonyms(pool, ttl_seconds=settings.pseudonym_cache_seconds)
+    app[ERASURE] = Erasure(store, app[PSEUDONYMS])
     app[RECOMMENDER] = Recommender(
         pool, store, app[CATALOG], app[PSEUDONYMS], clock, app[INDEX], app[SCORES], app[VERSIONS]
     )
@@ -151,7 +157,7 @@ async def _indexes(app: web.Application) -> AsyncIterator[None]:
     app[INDEX] = holder
     app[INDEX_SERVICE] = service
     app[VERSIONS] = LiveVersions(app[POOL])
-    app[SCORES] = ItemScores(app[POOL], app[VERSIONS])
+    app[SCORES] = ItemScores(app[POOL], app[VERSIONS], every=settings.scores_refresh_seconds)
     tasks = [
         asyncio.create_task(holder.watch(), name="index-watch"),
         asyncio.create_task(app[SCORES].watch(), name="item-scores"),
@@ -170,8 +176,12 @@ async def _indexes(app: web.Application) -> AsyncIterator[None]:
 async def _watch_lag(pool: asyncpg.Pool, every: float = 5.0) -> None:
     """Keep the lag gauges current even when nobody asks for the status."""
     while True:
-        with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
+        try:
             publish_lag(await projection_status(pool))
+        except UNAVAILABLE:
+            pass  # the gauges keep their last values until the database is back
+        except Exception:
+            log.exception("could not read the projections' lag")
         await asyncio.sleep(every)
 
 

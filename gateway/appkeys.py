@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog
+from gateway.erasure import Erasure
 from gateway.event_store import PostgresEventStore
 from gateway.index_service import IndexService
 from gateway.indexes import IndexHolder
@@ -31,6 +32,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 STORE = web.AppKey("store", PostgresEventStore)
 CATALOG = web.AppKey("catalog", Catalog)
 PSEUDONYMS = web.AppKey("pseudonyms", Pseudonyms)
+ERASURE = web.AppKey("erasure", Erasure)
 RECOMMENDER = web.AppKey("recommender", Recommender)
 OUTCOMES = web.AppKey("outcomes", OutcomeRecorder)
 KEYS = web.AppKey("keys", KeyVerifier)

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -31,6 +32,11 @@ class ApiKey:
     key_id: str
     name: str
     scopes: frozenset[Scope]
+
+
+# The key the request being handled was authenticated with (set by the route guard; each
+# request runs in a task, and so in a context, of its own).
+CURRENT_KEY: ContextVar[ApiKey | None] = ContextVar("segue_current_key", default=None)
 
 
 def hash_key(key: str) -> bytes:

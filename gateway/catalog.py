@@ -152,10 +152,22 @@ class Catalog:
         and concurrent retires append one event (the stream version decides)."""
         event = ItemRetired(item_id)
         while True:
-            current = await self.get(item_id)
-            if current is None:
+            # The item and its stream version in one snapshot: read apart, a retire committing
+            # between the two reads looked "not retired" at the version after it, and a second
+            # retire was appended at that version.
+            row = await self._pool.fetchrow(
+                "SELECT c.item_id, c.kind, c.attributes::text, c.vector, c.retired, "
+                "coalesce(s.version, 0) FROM catalog_items AS c "
+                "LEFT JOIN streams AS s ON s.stream_id = $2 WHERE c.item_id = $1",
+                item_id,
+                event.stream_id(),
+            )
+            if row is None:
                 return None
-            version = await self.version(item_id)
+            current = CatalogItem(
+                row[0], row[1], orjson.loads(row[2]), list(row[3]) if row[3] else None, row[4]
+            )
+            version = int(row[5])
             if current.retired:
                 return current, version
             new = NewEvent(

@@ -59,6 +59,7 @@ def main() -> None:
 
 
 def _run_worker(settings: Settings, url: str, host: str, port: int, reuse_port: bool) -> None:
+    from gateway.access_log import RouteAccessLogger
     from gateway.app import create_app
 
     _setup_logging(settings)
@@ -67,6 +68,7 @@ def _run_worker(settings: Settings, url: str, host: str, port: int, reuse_port: 
         host=host,
         port=port,
         reuse_port=reuse_port,
+        access_log_class=RouteAccessLogger,
         print=None if reuse_port else click.echo,
     )
 
@@ -432,8 +434,19 @@ def demo(host: str | None, port: int | None, items: int, users: int) -> None:
         yield
 
     app.cleanup_ctx.append(seed_and_explain)
-    web.run_app(app, host=host, port=port, print=None)
+    from gateway.access_log import RouteAccessLogger
 
+    web.run_app(app, host=host, port=port, print=None, access_log_class=RouteAccessLogger)
+
+
+# Commands that live in their own modules; imported after `main` exists, registered here.
+from gateway.cli_evaluate import evaluate, replay  # noqa: E402
+from gateway.cli_events import export, import_  # noqa: E402
+from gateway.cli_report import report  # noqa: E402
+from gateway.cli_schemas import schemas  # noqa: E402
+
+for command in (export, import_, evaluate, replay, report, schemas):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

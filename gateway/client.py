@@ -126,6 +126,27 @@ class SegueClient:
         result: dict[str, Any] = await self.request("POST", "/v1/recommendations", json=body)
         return result
 
+    async def blend(
+        self, user_ids: Sequence[str], *, surface: str = "home", n: int = 10
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "POST", "/v1/blends", json={"user_ids": list(user_ids), "surface": surface, "n": n}
+        )
+        return result
+
+    async def discover(self, user_id: str, *, n: int = 10) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "GET", f"/v1/users/{quote(user_id, safe='')}/discover", params={"n": str(n)}
+        )
+        return result
+
+    async def forget(self, user_id: str) -> dict[str, Any]:
+        """Erasure (admin scope): the same answer whether or not the id was known."""
+        result: dict[str, Any] = await self.request(
+            "POST", f"/v1/users/{quote(user_id, safe='')}/forget"
+        )
+        return result
+
     async def record_outcomes(self, outcomes: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         result: dict[str, int] = await self.request(
             "POST", "/v1/outcomes", json={"outcomes": list(outcomes)}

@@ -13,6 +13,23 @@ from gateway.settings import Settings, asyncpg_dsn, sqlalchemy_url
 # when the last handle is released at exit.
 _embedded: dict[Path, Any] = {}
 
+# Everything that means "the database cannot be reached or cannot serve right now", as asyncpg
+# reports it depending on what a connection was doing when the server went away: OSError (refused,
+# reset, no socket; TimeoutError is one), class 08 on connecting, InterfaceError (and
+# InternalClientError) on the next use of a connection whose server ended it while it was idle,
+# class 57 (admin shutdown, crash shutdown, "cannot connect now" while starting or recovering,
+# a cancelled statement) in the middle of a query, class 53 (too many connections, out of
+# memory, disk full). Requests meeting one answer 503 and may be retried; background tasks
+# reconnect with backoff.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -36,13 +53,21 @@ def configured_url(*, sqlalchemy: bool = False, start_embedded: bool = True) -> 
     return sqlalchemy_url(url) if sqlalchemy else url
 
 
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     """The app's pool. Idle-in-transaction sessions are cut off: one open writer would otherwise
-    hold back every reader of the log (they wait for the oldest running transaction)."""
+    hold back every reader of the log (they wait for the oldest running transaction).
+
+    Connecting gives up after a few seconds (asyncpg waits a minute by default), so that a
+    request meeting an unreachable server, which the pool tries to reconnect to, answers 503
+    in bounded time rather than hang."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        timeout=CONNECT_TIMEOUT_SECONDS,
         server_settings={
             "application_name": "segue",
             "idle_in_transaction_session_timeout": "15000",

@@ -28,6 +28,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from gateway.database import UNAVAILABLE_ERRORS
 from gateway.store_api import (
     AppendResult,
     NewEvent,
@@ -265,15 +266,7 @@ def _closed(conn: PoolConnectionProxy) -> bool:
         return True
 
 
-_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-)
+_UNAVAILABLE = UNAVAILABLE_ERRORS
 
 
 class PostgresEventStore:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import orjson
@@ -17,6 +18,7 @@ from gateway import openapi as openapi_doc
 from gateway.appkeys import (
     CATALOG,
     CLOCK,
+    ERASURE,
     INDEX,
     INDEX_SERVICE,
     OPENAPI,
@@ -25,14 +27,17 @@ from gateway.appkeys import (
     RECOMMENDER,
     REWARDS,
 )
+from gateway.auth import CURRENT_KEY
 from gateway.catalog import CatalogItem
+from gateway.erasure import mention
 from gateway.metrics import publish_lag
 from gateway.problems import ProblemError, from_validation
 from gateway.projector import status as projection_status
-from gateway.recommendations import NO_INDEX
+from gateway.recommendations import NO_INDEX, idempotent_id
 from gateway.rewards_reader import SurfaceRewards
 from gateway.schemas import (
     BlendIn,
+    ForgetOut,
     HealthOut,
     IndexOut,
     ItemBody,
@@ -141,9 +146,46 @@ def item_out(item: CatalogItem | ItemUpserted, version: int, retired: bool = Fal
     )
 
 
+def _no_user_ids_in_context(context: dict[str, Any], user_ids: list[str]) -> None:
+    # The context is logged verbatim with the slate, in an append-only log that erasure cannot
+    # rewrite: a listener's own id there would survive their forgetting.
+    where = mention(context, user_ids)
+    if where is not None:
+        raise ProblemError(
+            422,
+            "validation",
+            "Invalid request",
+            "context must not contain a listener's id: it is logged with the slate, which "
+            "forgetting the listener cannot undo",
+            field=f"context{where}",
+        )
+
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+_IDEMPOTENCY_KEY: TypeAdapter[str] = TypeAdapter(
+    Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
+)
+
+
+def idempotency(request: web.Request) -> uuid.UUID | None:
+    """The recommendation id an `Idempotency-Key` header asks for, or None without one."""
+    raw = request.headers.get(IDEMPOTENCY_KEY)
+    if raw is None:
+        return None
+    try:
+        value = _IDEMPOTENCY_KEY.validate_python(raw)
+    except ValidationError as exc:
+        raise from_validation(exc, prefix=IDEMPOTENCY_KEY) from None
+    key = CURRENT_KEY.get()
+    assert key is not None, "idempotency keys are only read on authenticated routes"
+    return idempotent_id(key.key_id, value)
+
+
 async def recommend(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, RecommendationIn)
-    return reply(recommendation_out(await request.app[RECOMMENDER].recommend(body)))
+    _no_user_ids_in_context(body.context, [body.user_id])
+    served = await request.app[RECOMMENDER].recommend(body, recommendation_id=idempotency(request))
+    return reply(recommendation_out(served))
 
 
 async def blend(request: web.Request) -> web.StreamResponse:
@@ -159,7 +201,9 @@ async def blend(request: web.Request) -> web.StreamResponse:
                 field=f"user_ids[{i}]",
             )
         seen.add(user)
-    return reply(recommendation_out(await request.app[RECOMMENDER].blend(body)))
+    _no_user_ids_in_context(body.context, body.user_ids)
+    served = await request.app[RECOMMENDER].blend(body, recommendation_id=idempotency(request))
+    return reply(recommendation_out(served))
 
 
 def query_n(request: web.Request) -> int:
@@ -169,10 +213,19 @@ def query_n(request: web.Request) -> int:
         raise from_validation(exc, prefix="n") from None
 
 
+def path_user_id(request: web.Request) -> str:
+    return path_text(request, "user_id", _USER_ID)
+
+
 async def discover(request: web.Request) -> web.StreamResponse:
-    user_id = path_text(request, "user_id", _USER_ID)
+    user_id = path_user_id(request)
     n = query_n(request)
     return reply(recommendation_out(await request.app[RECOMMENDER].discover(user_id, n)))
+
+
+async def forget(request: web.Request) -> web.StreamResponse:
+    await request.app[ERASURE].forget(path_user_id(request))
+    return reply(ForgetOut(status="accepted"), status=202)
 
 
 async def similar(request: web.Request) -> web.StreamResponse:
@@ -289,19 +342,21 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     except Exception as exc:
         checks["database"] = f"unreachable: {exc.__class__.__name__}"
     ready = all(v == "ok" for v in checks.values())
-    # An index is not needed to answer (new installs serve without one), so it is reported
-    # here but does not decide readiness.
+    # An index is not needed to answer (new installs serve without one, and a damaged one is
+    # replaced by the last one loaded or by the popularity fallback), so it does not decide
+    # readiness; a damaged published index makes the process "degraded", still ready.
     holder = request.app[INDEX]
-    if holder.error is not None:
-        checks["index"] = f"serving the previous index: {holder.error}"
+    degraded = holder.error is not None
+    if degraded:
+        checks["index"] = f"degraded: {holder.error}"
     elif holder.current is None:
         checks["index"] = "none yet"
     else:
         checks["index"] = f"ok (version {holder.current.version})"
-    return reply(
-        ReadyOut(status="ready" if ready else "not ready", checks=checks),
-        status=200 if ready else 503,
+    state: Literal["ready", "degraded", "not ready"] = (
+        "not ready" if not ready else "degraded" if degraded else "ready"
     )
+    return reply(ReadyOut(status=state, checks=checks), status=200 if ready else 503)
 
 
 async def openapi(request: web.Request) -> web.StreamResponse:

@@ -107,6 +107,9 @@ class IndexService:
                 await self.holder.refresh()
                 new = await self.new_events_since_index()
                 first = self.holder.current is None and new > 0
-                if not self.building and (first or new >= self.min_new_events):
+                # A damaged published index is repaired by the next build: make it soon.
+                damaged = self.holder.error is not None
+                if not self.building and (first or damaged or new >= self.min_new_events):
                     self.request_build()
-            await asyncio.sleep(self.interval_seconds if self.holder.current else 10.0)
+            healthy = self.holder.current is not None and self.holder.error is None
+            await asyncio.sleep(self.interval_seconds if healthy else 10.0)

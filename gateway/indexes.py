@@ -12,7 +12,8 @@ one reference: a request holds the index it started with, so a swap never fails 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
+import io
 import json
 import logging
 import os
@@ -31,12 +32,15 @@ from annoy import AnnoyIndex
 from numpy.typing import NDArray
 
 from domain.embeddings import AlsParams, Factors, blend_content, fit_als
+from gateway.metrics import INDEX_DAMAGED, INDEX_LOAD_FAILURES, INDEX_LOADED
 from gateway.projections import q
 from gateway.projector import live_version
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# Everything a version folder holds; the manifest records each file's size and SHA-256.
+FILES = ("items.ann", "ids.json", "listeners.npy", "item_vectors.npy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +181,7 @@ def build(data: TrainingData, folder: Path, version: str, params: IndexParams) -
     )
     recall = recall_at_10(index, factors.items, sample, params.search_k)
     index.unload()
+    files = {name: _digest((folder / name).read_bytes()) for name in FILES}
     return {
         "version": version,
         "built_at": datetime.now(UTC).isoformat(),
@@ -197,6 +202,7 @@ def build(data: TrainingData, folder: Path, version: str, params: IndexParams) -
             "dimensions": dims,
         },
         "folder": folder.name,
+        "files": files,
     }
 
 
@@ -270,12 +276,70 @@ class LoadedIndex:
         return [(self.items[i], float(d)) for i, d in zip(ids, dists, strict=True)]
 
 
-def load(root: Path, manifest: dict[str, Any]) -> LoadedIndex:
+def _digest(data: bytes) -> dict[str, Any]:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _check(manifest: dict[str, Any], name: str, size: int, sha256: str) -> None:
+    expected = manifest.get("files", {}).get(name)
+    if expected is None:
+        return  # published before checksums were recorded: nothing to compare with
+    if expected["bytes"] != size or expected["sha256"] != sha256:
+        raise ValueError(
+            f"index {manifest['version']} is damaged: {name} has {size} bytes and another "
+            f"checksum than the {expected['bytes']} bytes it was published with"
+        )
+
+
+def _read(folder: Path, manifest: dict[str, Any], name: str) -> bytes:
+    data = (folder / name).read_bytes()
+    _check(manifest, name, len(data), hashlib.sha256(data).hexdigest())
+    return data
+
+
+def _private_copy(source: Path, manifest: dict[str, Any]) -> Path:
+    """A copy of the Annoy file that only this process can reach, checked against the manifest.
+
+    Annoy memory-maps the file it loads. Mapping the published file would tie the process to
+    whatever later happens to it: a truncation makes the next read of a page past the new end
+    raise SIGBUS, which kills the process, and garbage written in place is read as tree nodes.
+    The copy is unlinked as soon as Annoy has mapped it, so nothing can reach it any more, and
+    the space is freed when the index is dropped or the process ends, however it ends."""
+    digest = hashlib.sha256()
+    size = 0
+    fd, name = tempfile.mkstemp(prefix=f"segue-index-{manifest['version']}-", suffix=".ann")
+    try:
+        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        _check(manifest, "items.ann", size, digest.hexdigest())
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+def verify(root: Path, manifest: dict[str, Any]) -> None:
+    """Raise (OSError, ValueError) unless every published file of `manifest` is intact."""
     folder = root / manifest["folder"]
-    ids = json.loads((folder / "ids.json").read_text())
-    item_vectors = np.load(folder / "item_vectors.npy")
+    for name in FILES:
+        _read(folder, manifest, name)
+
+
+def load(root: Path, manifest: dict[str, Any]) -> LoadedIndex:
+    """Load a published version, refusing damaged files (OSError, ValueError, KeyError)."""
+    folder = root / manifest["folder"]
+    ids = json.loads(_read(folder, manifest, "ids.json"))
+    item_vectors = np.load(io.BytesIO(_read(folder, manifest, "item_vectors.npy")))
+    listener_vectors = np.load(io.BytesIO(_read(folder, manifest, "listeners.npy")))
     annoy = AnnoyIndex(int(item_vectors.shape[1]) if item_vectors.ndim == 2 else 1, "dot")
-    annoy.load(str(folder / "items.ann"))
+    private = _private_copy(folder / "items.ann", manifest)
+    try:
+        annoy.load(str(private))
+    finally:
+        private.unlink()
     if annoy.get_n_items() != len(ids["items"]):
         raise ValueError(f"index {manifest['version']} is damaged: item count differs")
     return LoadedIndex(
@@ -286,48 +350,93 @@ def load(root: Path, manifest: dict[str, Any]) -> LoadedIndex:
         groups=ids["groups"],
         item_row={item: i for i, item in enumerate(ids["items"])},
         listener_row={u: i for i, u in enumerate(ids["listeners"])},
-        listener_vectors=np.load(folder / "listeners.npy"),
+        listener_vectors=listener_vectors,
         item_vectors=item_vectors,
     )
 
 
 class IndexHolder:
-    """The current index of this process, swapped when the manifest changes."""
+    """The current index of this process, swapped when the manifest changes.
+
+    `error` says why this process does not serve the newest published version as published:
+    it could not be loaded (damaged, missing, unreadable), or the files of the version this
+    process serves were damaged on disk after it loaded them. Either way the process keeps
+    serving what it has loaded, or, with nothing loaded, candidates without an index (the
+    popularity fallback), and /readyz and the metrics say so; the next good build clears it."""
 
     def __init__(self, root: Path, poll_seconds: float = 2.0) -> None:
         self.root = root
         self.poll_seconds = poll_seconds
         self.current: LoadedIndex | None = None
         self.error: str | None = None
-        self._seen: tuple[float, int] | None = None
+        self._seen: tuple[Any, ...] | None = None
+
+    def _published(self) -> tuple[dict[str, Any], tuple[Any, ...]]:
+        """The manifest, and a cheap fingerprint of it and of its version's files."""
+        path = self.root / MANIFEST
+        stat = path.stat()
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("folder"), str):
+            raise ValueError("the manifest does not name an index folder")
+        stamp: list[Any] = [(stat.st_mtime_ns, stat.st_size, stat.st_ino)]
+        for name in FILES:
+            try:
+                f = (self.root / manifest["folder"] / name).stat()
+                stamp.append((f.st_mtime_ns, f.st_size, f.st_ino))
+            except OSError:
+                stamp.append(None)
+        return manifest, tuple(stamp)
 
     async def refresh(self) -> bool:
         """Load the published version if it changed; True when a new one was swapped in."""
-        path = self.root / MANIFEST
         try:
-            stat = path.stat()
+            manifest, stamp = await asyncio.to_thread(self._published)
         except FileNotFoundError:
-            return False
-        stamp = (stat.st_mtime, stat.st_size)
+            if self.current is None and self.error is None:
+                return False  # nothing published yet
+            manifest, stamp = {}, ("no manifest",)
+        except (OSError, ValueError) as exc:
+            manifest, stamp = {}, (f"{exc.__class__.__name__}: {exc}",)
         if stamp == self._seen:
             return False
         self._seen = stamp
         try:
-            manifest = json.loads(path.read_text())
-            if self.current is not None and manifest["version"] == self.current.version:
+            if not manifest:
+                raise ValueError(f"the manifest is missing or unreadable ({stamp[0]})")
+            if self.current is not None and manifest.get("version") == self.current.version:
+                # The version served here: new processes will load these files; are they intact?
+                await asyncio.to_thread(verify, self.root, manifest)
+                self._healthy()
                 return False
             loaded = await asyncio.to_thread(load, self.root, manifest)
-        except (OSError, ValueError, KeyError) as exc:
-            # Keep serving what we have; say so in /readyz and the metrics.
-            self.error = f"{exc.__class__.__name__}: {exc}"
-            log.error("could not load index: %s", self.error)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._failed(f"{exc.__class__.__name__}: {exc}")
             return False
         self.current = loaded  # one reference swap; requests in flight keep the old one
-        self.error = None
+        self._healthy()
         return True
+
+    def _healthy(self) -> None:
+        self.error = None
+        INDEX_DAMAGED.set(0)
+        INDEX_LOADED.set(1 if self.current is not None else 0)
+
+    def _failed(self, error: str) -> None:
+        serving = (
+            f"serving version {self.current.version} as loaded before"
+            if self.current is not None
+            else "serving without an index (popularity fallback)"
+        )
+        self.error = f"{error}; {serving}"
+        INDEX_DAMAGED.set(1)
+        INDEX_LOAD_FAILURES.inc()
+        INDEX_LOADED.set(1 if self.current is not None else 0)
+        log.error("published index unusable: %s", self.error)
 
     async def watch(self) -> None:
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 await self.refresh()
+            except Exception:  # the watcher must outlive any surprise
+                log.exception("index refresh failed")
             await asyncio.sleep(self.poll_seconds)

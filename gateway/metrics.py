@@ -26,6 +26,19 @@ LAG_EVENTS = Gauge("segue_projection_lag_events", "Events not yet applied", ["pr
 LAG_SECONDS = Gauge(
     "segue_projection_lag_seconds", "Age of the oldest event not yet applied", ["projection"]
 )
+SCORES_REFRESHED = Gauge(
+    "segue_item_scores_refreshed_timestamp_seconds",
+    "When this process last read every item's reward posterior (Unix time)",
+)
+INDEX_LOADED = Gauge("segue_index_loaded", "1 if this process serves an index, 0 if none")
+INDEX_DAMAGED = Gauge(
+    "segue_index_degraded",
+    "1 while the published index cannot be used as published (see /readyz for why): this "
+    "process serves the version it loaded before, or no index (popularity fallback)",
+)
+INDEX_LOAD_FAILURES = Counter(
+    "segue_index_load_failures_total", "Published index versions found damaged or unloadable"
+)
 
 
 def publish_lag(rows: Iterable[Status]) -> None:

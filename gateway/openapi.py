@@ -75,6 +75,23 @@ def build_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
             }
             for q in ep.query
         ]
+        if ep.idempotent:
+            params.append(
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 255,
+                        "pattern": "^[\\x21-\\x7e]+$",
+                    },
+                    "description": "Any unique string (a UUID) per logical request. A retry "
+                    "with the same key and body is answered with the recommendation first "
+                    "logged for it, not a new one; the same key with another body is a 422.",
+                }
+            )
         if params:
             op["parameters"] = params
         if ep.body is not None:

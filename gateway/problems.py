@@ -9,11 +9,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from gateway.access_log import route_of
+from gateway.database import UNAVAILABLE_ERRORS
 from gateway.store_api import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -113,16 +114,7 @@ _STATUS_KINDS = {
 
 
 # Errors that mean "the database is out of reach right now": the client should retry later.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    StoreUnavailable,
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-)
+UNAVAILABLE: tuple[type[BaseException], ...] = (StoreUnavailable, *UNAVAILABLE_ERRORS)
 
 
 @web.middleware
@@ -154,7 +146,8 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
             headers={"Retry-After": "1"},
         ).response()
     except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        # The route, not the path: paths carry listeners' ids, and logs outlive an erasure.
+        log.exception("unhandled error in %s %s", request.method, route_of(request))
         return ProblemError(
             500, "internal", "Internal Server Error", "an unexpected error; it has been logged"
         ).response()

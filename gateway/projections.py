@@ -8,12 +8,12 @@ statement (an upsert, or an insert for rows that are only ever added).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from domain.events import DomainEvent
+from domain.events import DomainEvent, OutcomeRecorded
 from domain.listener_fold import ListenerChanges, fold_listeners
 from domain.reward_fold import (
     RewardChanges,
@@ -37,6 +37,10 @@ class Projection(Protocol):
     def ddl(self, schema: str) -> list[str]: ...
 
     def tables(self) -> list[str]: ...
+
+    async def prepare(self, conn: Connection, schema: str) -> None:
+        """Bring a version made by older code up to this code's tables (idempotent)."""
+        ...
 
     async def apply(
         self, conn: Connection, schema: str, batch: Batch, definition: RewardDefinition
@@ -70,7 +74,11 @@ class RewardsProjection:
             "item_outcomes",
             "lt_starts",
             "lt_active",
+            "forgotten",
         ]
+
+    async def prepare(self, conn: Connection, schema: str) -> None:
+        await conn.execute(_FORGOTTEN_DDL.format(q(schema)))
 
     def ddl(self, schema: str) -> list[str]:
         s = q(schema)
@@ -100,6 +108,7 @@ class RewardsProjection:
             f"CREATE TABLE {s}.lt_active (item_id text, start_day int, day_offset int, "
             "at timestamptz, active bigint NOT NULL, "
             "PRIMARY KEY (item_id, start_day, day_offset, at))",
+            _FORGOTTEN_DDL.format(s),
         ]
 
     async def load(
@@ -133,6 +142,7 @@ class RewardsProjection:
                 list(need.items),
             ):
                 state.shows[r[0]] = r[1]
+        state.forgotten = await _forgotten(conn, s, need.listeners)
         pairs = listener_targets(events, state.shows, definition)
         users = [p[0] for p in pairs]
         targets = [p[1] for p in pairs]
@@ -181,6 +191,9 @@ class RewardsProjection:
 
     async def write(self, conn: Connection, schema: str, c: RewardChanges) -> None:
         s = q(schema)
+        if c.forgotten:
+            # Before the inserts: days the batch recorded after the forgetting are not in them.
+            await _forget(conn, s, c.forgotten, ["user_days"])
         if c.served:
             rows = list(c.served.items())
             await conn.execute(
@@ -273,6 +286,32 @@ class RewardsProjection:
         )
 
 
+# Pseudonyms of forgotten listeners: what the folds must remember so that a late event of theirs
+# (from a gateway that had not yet heard) does not bring their rows back.
+_FORGOTTEN_DDL = "CREATE TABLE IF NOT EXISTS {}.forgotten (listener text PRIMARY KEY)"
+
+
+async def _forgotten(conn: Connection, s: str, listeners: Collection[str]) -> set[str]:
+    if not listeners:
+        return set()
+    rows = await conn.fetch(
+        f"SELECT listener FROM {s}.forgotten WHERE listener = ANY($1::text[])", list(listeners)
+    )
+    return {r[0] for r in rows}
+
+
+async def _forget(conn: Connection, s: str, listeners: Collection[str], tables: list[str]) -> None:
+    """Delete the listeners' rows from `tables` (keyed by `listener`) and remember them."""
+    for table in tables:
+        await conn.execute(
+            f"DELETE FROM {s}.{table} WHERE listener = ANY($1::text[])", list(listeners)
+        )
+    await conn.execute(
+        f"INSERT INTO {s}.forgotten SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+        list(listeners),
+    )
+
+
 def _json_list(values: list[str] | list[int]) -> str:
     import orjson
 
@@ -309,7 +348,10 @@ class ListenersProjection:
     name: str = "listeners"
 
     def tables(self) -> list[str]:
-        return ["affinity", "history"]
+        return ["affinity", "history", "forgotten"]
+
+    async def prepare(self, conn: Connection, schema: str) -> None:
+        await conn.execute(_FORGOTTEN_DDL.format(q(schema)))
 
     def ddl(self, schema: str) -> list[str]:
         s = q(schema)
@@ -319,6 +361,7 @@ class ListenersProjection:
             f"CREATE TABLE {s}.history (listener text, item_id text, "
             "first_at timestamptz NOT NULL, last_at timestamptz NOT NULL, plays bigint NOT NULL, "
             "PRIMARY KEY (listener, item_id))",
+            _FORGOTTEN_DDL.format(s),
         ]
 
     async def apply(
@@ -326,7 +369,11 @@ class ListenersProjection:
     ) -> None:
         s = q(schema)
         c = ListenerChanges()
-        fold_listeners(c, (e for _, e in batch), definition)
+        users = {e.user for _, e in batch if isinstance(e, OutcomeRecorded)}
+        forgotten = await _forgotten(conn, s, users)
+        fold_listeners(c, (e for _, e in batch), definition, forgotten)
+        if c.forgotten:
+            await _forget(conn, s, c.forgotten, ["affinity", "history"])
         if c.affinity:
             rows = list(c.affinity.items())
             await conn.execute(

@@ -22,6 +22,8 @@ import orjson
 from domain.events import DomainEvent
 from domain.rewards import DEFAULT, RewardDefinition
 from domain.upcasting import decode
+from gateway.backoff import Backoff
+from gateway.database import UNAVAILABLE_ERRORS
 from gateway.event_store import Connection, row_to_event
 from gateway.projections import PROJECTIONS, Projection, q
 from gateway.store_api import START, Position
@@ -56,19 +58,7 @@ class Retired(Exception):
 
 
 # The session ended or the server cannot take it now: reconnect and carry on from the checkpoint.
-# A session the server ends (pg_terminate_backend, a shutdown, a failover) surfaces as any of
-# these depending on what the connection was doing: AdminShutdownError in the middle of a query,
-# InterfaceError or InternalClientError on the next use of a connection whose FATAL notice
-# arrived while it was idle, CannotConnectNowError or TooManyConnectionsError on reconnecting.
-_SESSION_LOST = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-)
+_SESSION_LOST = UNAVAILABLE_ERRORS
 
 
 async def save_definition(conn: Connection, definition: RewardDefinition) -> None:
@@ -187,7 +177,7 @@ class Runner:
         batch_size: int = 2000,
         poll_seconds: float = 0.1,
         lock_poll_seconds: float = 0.5,
-        retry_seconds: float = 1.0,
+        retry_seconds: float = 0.2,
         on_batch: Callable[[Runner, int], None] | None = None,
     ) -> None:
         self.dsn = dsn
@@ -197,6 +187,7 @@ class Runner:
         self.poll_seconds = poll_seconds
         self.lock_poll_seconds = lock_poll_seconds
         self.retry_seconds = retry_seconds
+        self._backoff = Backoff(initial=retry_seconds)
         self.on_batch = on_batch
         self.position = START
         self.version: Version | None = None
@@ -218,9 +209,15 @@ class Runner:
                     return
                 log.info("%s: version retired, switching to the live one", self.projection.name)
             except _SESSION_LOST as exc:
-                log.warning("%s: database unavailable (%r); retrying", self.projection.name, exc)
                 self.active = False
-                await asyncio.sleep(self.retry_seconds)
+                wait = self._backoff.next()
+                log.warning(
+                    "%s: database unavailable (%r); retrying in %.1f s",
+                    self.projection.name,
+                    exc,
+                    wait,
+                )
+                await asyncio.sleep(wait)
 
     async def _resolve(self, conn: Connection) -> Version:
         if self._pinned_version is None:
@@ -253,8 +250,10 @@ class Runner:
             version = await self._resolve(conn)
             if version.status == "retired":
                 raise Retired()
+            await self.projection.prepare(conn, version.schema)
             self.version = version
             self.active = True
+            self._backoff.reset()
             await self._set_position(version.position)
             while True:
                 rows = await conn.fetch(

@@ -27,6 +27,7 @@ from domain.upcasting import decode
 from gateway.catalog import Catalog, LiveItem
 from gateway.indexes import IndexHolder, LoadedIndex
 from gateway.listeners import Pseudonyms
+from gateway.problems import ProblemError
 from gateway.projections import q
 from gateway.rewards_reader import LiveVersions
 from gateway.schemas import BlendIn, ItemKind, RecommendationIn, Surface
@@ -36,6 +37,7 @@ from gateway.store_api import NO_STREAM, EventStore, NewEvent, WrongExpectedVers
 NO_INDEX = "none"
 DISCOVER = "discover"
 DISCOVER_NAMESPACE = uuid.UUID("9a6c2f5e-3b1d-4c8e-a0f7-6d2b9e4c1a35")
+IDEMPOTENCY_NAMESPACE = uuid.UUID("3f0c8b2a-7d4e-4b19-9c61-2e5a8f7d0b43")
 INDEX_CANDIDATES = 200
 EXPLORE_NEW = 100  # items added since the index was built, at most, per request
 EXPLORE_UNCERTAIN = 50
@@ -51,6 +53,10 @@ SURFACE_KINDS: dict[Surface, frozenset[str]] = {
 REPLAYS_ALLOWED = frozenset({Surface.MUSIC, Surface.SEARCH, Surface.SHELF})
 
 
+def _listed(items: Iterable[str] | None) -> list[str] | None:
+    return None if items is None else list(items)
+
+
 def allowed_kinds(surface: Surface, kinds: list[ItemKind]) -> frozenset[str] | None:
     """The kinds a request may be answered with; None means any."""
     wanted = frozenset(k.value for k in kinds) if kinds else None
@@ -58,6 +64,23 @@ def allowed_kinds(surface: Surface, kinds: list[ItemKind]) -> frozenset[str] | N
     if wanted is None:
         return by_surface
     return wanted if by_surface is None else wanted & by_surface
+
+
+def idempotent_id(api_key_id: str, idempotency_key: str) -> uuid.UUID:
+    """The recommendation id of a request sent with an `Idempotency-Key`: the same for every
+    retry, and scoped to the API key, so that two clients' keys can never collide."""
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{api_key_id}\0{idempotency_key}")
+
+
+def _reused() -> ProblemError:
+    return ProblemError(
+        422,
+        "idempotency-key-reused",
+        "Idempotency key reused",
+        "this Idempotency-Key was sent before with a different request; use a new key for a "
+        "new request",
+        field="Idempotency-Key",
+    )
 
 
 def tiebreak(user: str, item: str) -> float:
@@ -186,17 +209,39 @@ class Recommender:
         ]
         return self._candidates(user, eligible, live, index, vector, affinity)
 
-    async def recommend(self, req: RecommendationIn) -> RecommendationServed:
-        recommendation_id = uuid.uuid4()
-        rng = seed_from(recommendation_id.int)
+    async def recommend(
+        self, req: RecommendationIn, *, recommendation_id: uuid.UUID | None = None
+    ) -> RecommendationServed:
+        """Draw and log a slate. With a `recommendation_id` (from an `Idempotency-Key`) a slate
+        already logged under it is returned instead, if it answered the same request."""
         user = await self._pseudonyms.one(req.user_id)
+
+        def same(e: RecommendationServed) -> bool:
+            return (
+                e.user == user
+                and not e.members
+                and e.surface == req.surface.value
+                and e.n == req.n
+                and e.context == req.context
+                and _listed(e.candidates) == _listed(req.candidates)
+                and list(e.exclude) == req.exclude
+                and list(e.kinds) == [k.value for k in req.kinds]
+            )
+
+        if recommendation_id is not None:
+            replayed = await self._replayed(recommendation_id, same)
+            if replayed is not None:
+                return replayed
+        rid = recommendation_id or uuid.uuid4()
+        rng = seed_from(rid.int)
         replays = req.surface in REPLAYS_ALLOWED or req.candidates is not None
         candidates = await self._gather(
             user, req.surface, req.kinds, req.exclude, req.candidates, rng, replays=replays
         )
         slate = draw_slate(candidates, req.n, self.params, rng) if candidates else ()
-        return await self._log(
-            recommendation_id,
+        return await self._log_once(
+            rid,
+            same,
             user,
             req.surface.value,
             slate,
@@ -205,22 +250,41 @@ class Recommender:
             candidates=req.candidates,
             exclude=req.exclude,
             kinds=req.kinds,
+            keyed=recommendation_id is not None,
         )
 
-    async def blend(self, req: BlendIn) -> RecommendationServed:
+    async def blend(
+        self, req: BlendIn, *, recommendation_id: uuid.UUID | None = None
+    ) -> RecommendationServed:
         """One slate for a group: each member's own candidates, members taking turns."""
-        recommendation_id = uuid.uuid4()
-        rng = seed_from(recommendation_id.int)
         pseudonyms = await self._pseudonyms.resolve(req.user_ids)
         members = [pseudonyms[u] for u in req.user_ids]
+
+        def same(e: RecommendationServed) -> bool:
+            return (
+                list(e.members) == members
+                and e.surface == req.surface.value
+                and e.n == req.n
+                and e.context == req.context
+                and list(e.exclude) == req.exclude
+                and list(e.kinds) == [k.value for k in req.kinds]
+            )
+
+        if recommendation_id is not None:
+            replayed = await self._replayed(recommendation_id, same)
+            if replayed is not None:
+                return replayed
+        rid = recommendation_id or uuid.uuid4()
+        rng = seed_from(rid.int)
         replays = req.surface in REPLAYS_ALLOWED
         lists = [
             await self._gather(m, req.surface, req.kinds, req.exclude, None, rng, replays=replays)
             for m in members
         ]
         slate = draw_blend(lists, req.n, self.params, rng) if any(lists) else ()
-        return await self._log(
-            recommendation_id,
+        return await self._log_once(
+            rid,
+            same,
             members[0],
             req.surface.value,
             slate,
@@ -229,7 +293,37 @@ class Recommender:
             exclude=req.exclude,
             kinds=req.kinds,
             members=members,
+            keyed=recommendation_id is not None,
         )
+
+    async def _replayed(
+        self, recommendation_id: uuid.UUID, same: Callable[[RecommendationServed], bool]
+    ) -> RecommendationServed | None:
+        logged = await self._logged(recommendation_id)
+        if logged is not None and not same(logged):
+            raise _reused()
+        return logged
+
+    async def _log_once(
+        self,
+        recommendation_id: uuid.UUID,
+        same: Callable[[RecommendationServed], bool],
+        user: str,
+        surface: str,
+        slate: tuple[SlateEntry, ...],
+        *,
+        keyed: bool,
+        **request: Any,
+    ) -> RecommendationServed:
+        try:
+            return await self._log(recommendation_id, user, surface, slate, **request)
+        except WrongExpectedVersion:
+            if not keyed:
+                raise
+            # A retry of the same keyed request was logged first; its slate is the answer.
+            replayed = await self._replayed(recommendation_id, same)
+            assert replayed is not None
+            return replayed
 
     async def discover(self, user_id: str, n: int) -> RecommendationServed:
         """Items new to the listener, the same all ISO week: the week's first request draws and
@@ -250,6 +344,24 @@ class Recommender:
             logged = await self._logged(recommendation_id)
             assert logged is not None
             return logged
+
+    async def candidates_for(self, served: RecommendationServed) -> list[list[Candidate]]:
+        """The eligible, scored candidates a logged request would get now (one list per listener:
+        several for a blend), gathered as `recommend`, `blend` and `discover` gather them, with
+        the generator seeded by the logged recommendation id. Today's catalogue, index, scores
+        and listening history are used: what the request saw then is not kept."""
+        rng = seed_from(served.recommendation_id.int)
+        if served.surface == DISCOVER:
+            return [await self._gather(served.user, Surface.HOME, [], [], None, rng, replays=False)]
+        surface = Surface(served.surface)
+        kinds = [ItemKind(k) for k in served.kinds]
+        caller = list(served.candidates) if served.candidates is not None else None
+        replays = surface in REPLAYS_ALLOWED or caller is not None
+        members = list(served.members) or [served.user]
+        return [
+            await self._gather(m, surface, kinds, served.exclude, caller, rng, replays=replays)
+            for m in members
+        ]
 
     async def _logged(self, recommendation_id: uuid.UUID) -> RecommendationServed | None:
         events = await self._store.read_stream(f"recommendation-{recommendation_id}")

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from gateway import handlers, schemas
 from gateway.appkeys import KEYS, LIMITER
-from gateway.auth import Scope
+from gateway.auth import CURRENT_KEY, Scope
 from gateway.problems import ProblemError
 from gateway.ratelimit import retry_after
 
@@ -39,6 +39,9 @@ class Endpoint:
     status: int = 200
     query: tuple[QueryParam, ...] = field(default=())
     content_type: str = "application/json"
+    # Takes an `Idempotency-Key` header: a retry with the same key is answered with the
+    # original result instead of being done again.
+    idempotent: bool = False
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -51,6 +54,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.RECOMMEND,
         schemas.RecommendationIn,
         schemas.RecommendationOut,
+        idempotent=True,
     ),
     Endpoint(
         "POST",
@@ -61,6 +65,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.RECOMMEND,
         schemas.BlendIn,
         schemas.RecommendationOut,
+        idempotent=True,
     ),
     Endpoint(
         "GET",
@@ -78,6 +83,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                 "How many items",
             ),
         ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/users/{user_id}/forget",
+        handlers.forget,
+        "Erasure: the listener's id can no longer be linked to their events; their projection "
+        "rows are removed. Idempotent; the same answer for unknown ids",
+        "users",
+        Scope.ADMIN,
+        None,
+        schemas.ForgetOut,
+        status=202,
     ),
     Endpoint(
         "GET",
@@ -232,6 +249,7 @@ def _guarded(handler: Handler, scope: Scope, query: frozenset[str]) -> Handler:
                 field="Authorization",
                 headers={"Retry-After": retry_after(wait)},
             )
+        CURRENT_KEY.set(key)
         # Strict like the bodies: a misspelt `?asof=` must not silently mean "now".
         unknown = sorted(set(request.query) - query)
         if unknown:

@@ -255,12 +255,23 @@ class ItemsOut(_Model):
 # --- service --------------------------------------------------------------------------------
 
 
+class ForgetOut(_Model):
+    status: Literal["accepted"] = Field(
+        description="The same answer for every id, known, unknown or already forgotten: the link "
+        "between the id and its events is gone now; the listener's projection rows go within "
+        "the projectors' lag"
+    )
+
+
 class HealthOut(_Model):
     status: Literal["ok"]
 
 
 class ReadyOut(_Model):
-    status: Literal["ready", "not ready"]
+    status: Literal["ready", "degraded", "not ready"] = Field(
+        description="degraded: ready, but the published index is unusable and this process "
+        "serves the index it loaded before or the popularity fallback (checks.index says why)"
+    )
     checks: dict[str, str]
 
 

@@ -21,6 +21,9 @@ import numpy as np
 
 from domain.longterm import observed_days, posterior
 from domain.reward_fold import day_number
+from gateway.backoff import Backoff
+from gateway.database import UNAVAILABLE_ERRORS
+from gateway.metrics import SCORES_REFRESHED
 from gateway.projections import q
 from gateway.rewards_reader import LiveVersions, fit_prior_at
 
@@ -110,11 +113,22 @@ class ItemScores:
             scores[item] = ItemScore(int(served), mean, sd, long_term.get(item, baseline))
         self.scores = scores
         self.refreshed_at = time.monotonic()
+        SCORES_REFRESHED.set_to_current_time()
 
     async def watch(self) -> None:
+        """Refresh every `every` seconds for as long as the process runs; an outage or a bad
+        refresh keeps the last scores and tries again, sooner while the database is away."""
+        backoff = Backoff(initial=min(self.every, 0.5), maximum=self.every)
         while True:
             try:
                 await self.refresh()
-            except (asyncpg.PostgresError, OSError) as exc:
-                log.warning("could not refresh item scores: %r", exc)
+            except UNAVAILABLE_ERRORS as exc:
+                wait = backoff.next()
+                log.warning("could not refresh item scores: %r; retrying in %.1f s", exc, wait)
+                await asyncio.sleep(wait)
+                continue
+            except Exception:  # the last scores stay in use; a dead refresher would freeze them
+                log.exception("could not refresh item scores")
+            else:
+                backoff.reset()
             await asyncio.sleep(self.every)

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     group_commit_max_events: Annotated[int, Field(ge=1)] = 2000
     group_commit_flushers: Annotated[int, Field(ge=1, le=16)] = 2
     key_cache_seconds: Annotated[float, Field(ge=0)] = 5.0
+    pseudonym_cache_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=5.0,
+        description="How long a process trusts a cached listener pseudonym: the longest another "
+        "gateway may keep using a forgotten listener's pseudonym.",
+    )
     catalog_cache_seconds: Annotated[float, Field(ge=0)] = 1.0
     log_level: str = "INFO"
     run_projectors: bool = Field(
@@ -57,6 +62,9 @@ class Settings(BaseSettings):
     )
     index_build_interval_seconds: Annotated[float, Field(gt=0)] = 600.0
     index_min_new_events: Annotated[int, Field(ge=1)] = 1000
+    scores_refresh_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=10.0, description="How often each process re-reads every item's reward posterior"
+    )
     rate_limit_per_second: Annotated[float, Field(gt=0)] = Field(
         default=500.0, description="Requests per second per API key, per gateway process"
     )

@@ -52,6 +52,12 @@ events = sa.Table(
     sa.Index("ix_events_tx_position", "tx_id", "global_position"),
     sa.Index("ix_events_stream", "stream_id", "stream_version"),
     sa.Index("ix_events_recorded_at_brin", "recorded_at", postgresql_using="brin"),
+    # The UTC day, for analysts' daily views (migration 0003).
+    sa.Index(
+        "ix_events_recorded_day_brin",
+        sa.text("((recorded_at AT TIME ZONE 'UTC')::date)"),
+        postgresql_using="brin",
+    ),
 )
 
 # Optimistic concurrency lives here, not in a unique index on events, so that events can later be

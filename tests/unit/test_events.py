@@ -11,6 +11,7 @@ from domain.events import (
     EVENT_TYPES,
     ItemRetired,
     ItemUpserted,
+    ListenerForgotten,
     OutcomeKind,
     OutcomeRecorded,
     RecommendationServed,
@@ -45,12 +46,16 @@ EXAMPLES = [
     ),
     OutcomeRecorded(uuid.uuid4(), "p-1", "tr-1", OutcomeKind.STREAM_30S, NOW, REC, 31000.0),
     OutcomeRecorded(uuid.uuid4(), "p-1", "tr-1", OutcomeKind.SKIP, NOW),
+    ListenerForgotten("p-1"),
 ]
 
 
 @pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
 def test_payload_round_trip(event: object) -> None:
-    assert isinstance(event, ItemUpserted | ItemRetired | RecommendationServed | OutcomeRecorded)
+    assert isinstance(
+        event,
+        ItemUpserted | ItemRetired | RecommendationServed | OutcomeRecorded | ListenerForgotten,
+    )
     payload = to_payload(event)
     assert from_current_payload(event.TYPE, payload) == event
     assert decode(event.TYPE, event.SCHEMA_VERSION, payload) == event
@@ -62,6 +67,7 @@ def test_every_type_is_registered_with_a_version() -> None:
         "ItemRetired",
         "RecommendationServed",
         "OutcomeRecorded",
+        "ListenerForgotten",
     }
     assert all(cls.SCHEMA_VERSION >= 1 for cls in EVENT_TYPES.values())
 
@@ -118,3 +124,16 @@ def test_recommendation_served_v2_payload_upcasts_to_no_members() -> None:
     v2 = {k: v for k, v in to_payload(event).items() if k != "members"}
     assert decode("RecommendationServed", 2, v2) == event
     assert upcast("RecommendationServed", 2, v2)["members"] == []
+
+
+def test_listener_forgotten_carries_the_pseudonym_only() -> None:
+    event = ListenerForgotten("6f1c0b7e-58a2-4f0e-9d1a-2b3c4d5e6f70")
+    assert to_payload(event) == {"user": "6f1c0b7e-58a2-4f0e-9d1a-2b3c4d5e6f70"}
+    # Same stream as the listener's outcomes, so it follows them in stream order.
+    assert (
+        event.stream_id()
+        == OutcomeRecorded(uuid.uuid4(), event.user, "tr-1", OutcomeKind.SAVE, NOW).stream_id()
+    )
+    assert decode("ListenerForgotten", 1, {"user": event.user}) == event
+    with pytest.raises(UnsupportedSchemaVersion):
+        upcast("ListenerForgotten", 2, {"user": event.user})

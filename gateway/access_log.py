@@ -1,0 +1,30 @@
+"""Access logging that names the route, never the path: paths carry listeners' own ids
+(`/v1/users/{user_id}/...`), and logs outlive an erasure."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+
+
+def route_of(request: BaseRequest) -> str:
+    """The matched route's template (`/v1/users/{user_id}/forget`), or `unmatched`."""
+    if isinstance(request, web.Request):
+        resource = request.match_info.route.resource
+        if resource is not None:
+            return resource.canonical
+    return "unmatched"
+
+
+class RouteAccessLogger(AbstractAccessLogger):
+    """`METHOD route status seconds` per request; no path, query, peer address or headers."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %d %.4f s", request.method, route_of(request), response.status, time
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(20)  # INFO
