@@ -147,7 +147,11 @@ def blend_content(
     has = np.zeros(len(content), dtype=bool)
     for i, c in enumerate(content):
         if c and len(c) == width:
-            raw[i] = c
+            row = np.asarray(c, dtype=np.float64)
+            # Only a vector's direction counts: scaling by its largest component first keeps
+            # the projection and the norm finite for any finite input (1e300 would overflow).
+            peak = np.max(np.abs(row))
+            raw[i] = row / peak if peak > 0 else row
             has[i] = True
     projected = raw @ projection
     norms = np.linalg.norm(projected, axis=1, keepdims=True)

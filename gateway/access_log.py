@@ -11,7 +11,12 @@ from aiohttp.web_request import BaseRequest
 def route_of(request: BaseRequest) -> str:
     """The matched route's template (`/v1/users/{user_id}/forget`), or `unmatched`."""
     if isinstance(request, web.Request):
-        resource = request.match_info.route.resource
+        try:
+            resource = request.match_info.route.resource
+        except AssertionError:
+            # A request the HTTP parser refused never reached the router: aiohttp answers it
+            # itself (a plain 400) and still logs its access, with no match_info set.
+            return "unmatched"
         if resource is not None:
             return resource.canonical
     return "unmatched"

@@ -18,6 +18,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from gateway import redaction
 from gateway.appkeys import (
     CATALOG,
     CLOCK,
@@ -188,6 +189,7 @@ def create_app(
     settings: Settings, dsn: str, *, clock: Callable[[], datetime] = utc_now
 ) -> web.Application:
     """The gateway for an already migrated database at `dsn`."""
+    redaction.install()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[metrics_middleware, problem_middleware],

@@ -127,7 +127,9 @@ class KeyVerifier:
                 field="Authorization",
                 headers={"WWW-Authenticate": 'Bearer realm="segue"'},
             )
-        key = await self.lookup(token)
+        # Keys are ASCII; anything else (header bytes that are not even UTF-8 arrive as lone
+        # surrogates) is unknown without asking the database, and cannot fail to hash.
+        key = await self.lookup(token) if token.isascii() else None
         if key is None:
             raise ProblemError(
                 401,

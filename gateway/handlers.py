@@ -6,11 +6,12 @@ import asyncio
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import unquote_to_bytes
 
 import orjson
 import prometheus_client
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from domain.events import ItemUpserted, RecommendationServed
 from gateway import openapi as openapi_doc
@@ -54,6 +55,7 @@ from gateway.schemas import (
     RecommendationIn,
     RecommendationOut,
     RewardOut,
+    Rfc3339,
     SimilarItemOut,
     SimilarOut,
     SlateItemOut,
@@ -104,11 +106,33 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         raise from_validation(exc) from None
 
 
-def path_item_id(request: web.Request) -> str:
+def path_text(request: web.Request, name: str, adapter: TypeAdapter[str]) -> str:
+    """The path parameter `name`, validated by `adapter`; 422 naming it when it is invalid, or
+    when its percent-encoding is not UTF-8 (the router leaves such bytes encoded, so `%FF` would
+    otherwise silently become the three-character id "%FF", the same as `%25FF`)."""
+    resource = request.match_info.route.resource
+    template = resource.canonical.split("/") if resource is not None else []
+    raw = request.raw_path.partition("?")[0].split("/")
+    marker = "{" + name + "}"
+    if marker in template and len(raw) == len(template):
+        try:
+            unquote_to_bytes(raw[template.index(marker)]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProblemError(
+                422,
+                "validation",
+                "Invalid request",
+                f"{name}: the percent-encoded bytes are not UTF-8",
+                field=name,
+            ) from None
     try:
-        return _ITEM_ID.validate_python(request.match_info["item_id"])
+        return adapter.validate_python(request.match_info[name])
     except ValidationError as exc:
-        raise from_validation(exc, prefix="item_id") from None
+        raise from_validation(exc, prefix=name) from None
+
+
+def path_item_id(request: web.Request) -> str:
+    return path_text(request, "item_id", _ITEM_ID)
 
 
 def item_out(item: CatalogItem | ItemUpserted, version: int, retired: bool = False) -> ItemOut:
@@ -190,10 +214,7 @@ def query_n(request: web.Request) -> int:
 
 
 def path_user_id(request: web.Request) -> str:
-    try:
-        return _USER_ID.validate_python(request.match_info["user_id"])
-    except ValidationError as exc:
-        raise from_validation(exc, prefix="user_id") from None
+    return path_text(request, "user_id", _USER_ID)
 
 
 async def discover(request: web.Request) -> web.StreamResponse:
@@ -355,7 +376,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     )
 
 
-_AS_OF: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+_AS_OF: TypeAdapter[datetime] = TypeAdapter(Rfc3339)
 
 
 def _reward(r: SurfaceRewards) -> RewardOut:

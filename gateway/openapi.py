@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 import gateway
 from gateway.problems import PROBLEM_JSON
-from gateway.schemas import Problem
+from gateway.schemas import NO_NUL, Problem
 
 if TYPE_CHECKING:
     from gateway.routes import Endpoint
@@ -61,7 +61,7 @@ def build_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
                 "name": name,
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                "schema": {"type": "string", "minLength": 1, "maxLength": 256, **NO_NUL},
             }
             for name in re.findall(r"{(\w+)}", ep.path)
         ]
@@ -114,8 +114,8 @@ def build_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
         errors: dict[str, str] = {}
         if ep.body is not None:
             errors |= _ERRORS_WITH_BODY
-        if params:
-            errors["422"] = _ERRORS_WITH_BODY["422"]
+        if params or ep.scope is not None:  # /v1 routes refuse unknown query parameters too
+            errors["422"] = "A field or query parameter is invalid or unknown; `field` names it"
         if "{item_id}" in ep.path and ep.method in ("GET", "DELETE"):
             errors["404"] = "No such item"
         if ep.scope is not None:

@@ -7,12 +7,21 @@ Models are strict (no "3" for 3, no unknown fields) and parsed straight from JSO
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+)
 
 from domain.events import OutcomeKind
 
@@ -59,18 +68,60 @@ def _clean_json(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
     return value
 
 
+# RFC 3339's date-time: pydantic alone also takes "1700000000" (epoch seconds), "2024-01-01T00:00Z"
+# (no seconds) and a space for the T, none of which the published `format: date-time` allows.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _rfc3339(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # refused by the strict datetime that follows
+    if not _RFC3339.fullmatch(value):
+        raise ValueError(
+            "must be an RFC 3339 date-time with a time zone, e.g. 2026-03-02T12:00:00Z"
+        )
+    # Parsed here, because a strict model takes only datetimes once a validator has run;
+    # nanoseconds (Go's RFC3339Nano) are cut to the microseconds Python and PostgreSQL keep.
+    return datetime.fromisoformat(value.upper())
+
+
+Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 Text = Annotated[str, AfterValidator(_clean_text)]
+# Published, not used to validate: the NUL check's own message is clearer than "should match".
+NO_NUL = {"pattern": "^[^\\u0000]*$"}
 # Length first, then the NUL check, so a too-long id is explained in characters.
 UserId = Annotated[
     str,
-    Field(min_length=1, max_length=256, description="The listener's id in the client's system"),
+    Field(
+        min_length=1,
+        max_length=256,
+        description="The listener's id in the client's system",
+        json_schema_extra=NO_NUL,
+    ),
     AfterValidator(_clean_text),
 ]
 ItemId = Annotated[
     str,
-    Field(min_length=1, max_length=256, description="The catalogue's item id"),
+    Field(
+        min_length=1,
+        max_length=256,
+        description="The catalogue's item id",
+        json_schema_extra=NO_NUL,
+    ),
     AfterValidator(_clean_text),
 ]
+
+
+def _integral(value: object) -> object:
+    # JSON Schema's "integer" includes 93.0; a strict int alone would refuse what the spec allows.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+SlateSize = Annotated[int, Field(ge=1, le=100), BeforeValidator(_integral)]
 JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_clean_json)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -114,7 +165,7 @@ class OutcomeIn(_Model):
     value: Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)] | None = Field(
         default=None, description="A measure of the outcome, e.g. milliseconds played"
     )
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: Rfc3339 | None = Field(
         default=None, description="RFC 3339 with a time zone; defaults to the time received"
     )
 
@@ -134,7 +185,7 @@ class OutcomesOut(_Model):
 class RecommendationIn(_Model):
     user_id: UserId
     surface: Surface = Surface.HOME
-    n: Annotated[int, Field(ge=1, le=100)] = 10
+    n: SlateSize = 10
     context: JsonObject = Field(
         default_factory=dict, description="Free-form request context, logged with the slate"
     )
@@ -310,10 +361,12 @@ class StatusOut(_Model):
 
 class BlendIn(_Model):
     user_ids: Annotated[list[UserId], Field(min_length=2, max_length=10)] = Field(
-        description="2-10 distinct listeners sharing one slate"
+        description="2-10 distinct listeners sharing one slate",
+        # Enforced by the handler (a 422 naming the repeat); published so generators know.
+        json_schema_extra={"uniqueItems": True},
     )
     surface: Surface = Surface.HOME
-    n: Annotated[int, Field(ge=1, le=100)] = 10
+    n: SlateSize = 10
     context: JsonObject = Field(default_factory=dict)
     exclude: Annotated[list[ItemId], Field(max_length=1000)] = Field(default_factory=list)
     kinds: Annotated[list[ItemKind], Field(max_length=len(ItemKind))] = Field(default_factory=list)

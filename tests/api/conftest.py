@@ -20,6 +20,7 @@ import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
+import yarl
 from aiohttp import ClientSession, ClientTimeout
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
@@ -178,8 +179,11 @@ class Api:
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         key: str | EllipsisType | None = ...,
+        encoded: bool = False,
     ) -> Reply:
-        """`key=None` sends no Authorization header; leave it out to send the fixture's key."""
+        """`key=None` sends no Authorization header; leave it out to send the fixture's key.
+        `encoded=True` sends `path` exactly as given (already percent-encoded), where otherwise
+        the client would re-quote it and resolve `.` and `..` segments."""
         sent: dict[str, str] = {}
         use_key = self.key if isinstance(key, EllipsisType) else key
         if use_key is not None:
@@ -191,9 +195,8 @@ class Api:
         sent.update(headers or {})
         # A BytesIO, because aiohttp warns (an error here) about large raw bytes bodies.
         payload = io.BytesIO(body) if body is not None else None
-        async with self.session.request(
-            method, self.base_url + path, data=payload, headers=sent
-        ) as resp:
+        url = yarl.URL(self.base_url + path, encoded=True) if encoded else self.base_url + path
+        async with self.session.request(method, url, data=payload, headers=sent) as resp:
             raw = await resp.read()
             return Reply(resp.status, resp.content_type, CIMultiDict(resp.headers), raw)
 

@@ -211,3 +211,28 @@ async def test_only_a_hash_of_the_key_is_stored(db: asyncpg.Connection) -> None:
         " UNION ALL SELECT metadata::text FROM events) s"
     )
     assert secret_part not in (dump or "")
+
+
+# Routes anyone may call; every other route, now and later, needs a key with a scope.
+PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/metrics"}
+
+
+async def test_only_the_service_routes_are_open() -> None:
+    """A new route that forgets its scope fails here instead of being open to the world."""
+    assert {ep.path for ep in OPEN} == PUBLIC
+    for ep in ENDPOINTS:
+        assert ep.path.startswith("/v1/") == (ep.scope is not None), _ids(ep)
+
+
+async def test_every_route_the_app_serves_comes_from_the_table(shared_db_url: str) -> None:
+    """Nothing is registered beside ENDPOINTS, so the tests above cover every route served."""
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    app = create_app(Settings(database_url=shared_db_url), shared_db_url)
+    served = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None and route.method != "HEAD"  # aiohttp adds HEAD to GET
+    }
+    assert served == {(ep.method, ep.path) for ep in ENDPOINTS}

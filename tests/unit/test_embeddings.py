@@ -73,3 +73,23 @@ def test_content_vectors_let_an_unplayed_item_reach_the_right_listeners() -> Non
     assert (blended.users[:30] @ new).mean() > (blended.users[30:] @ new).mean()
     # Without content nothing changes.
     assert blend_content(f, [None] * 41, u, i, w, 1.0, 8, 1) is f
+
+
+def test_content_vectors_count_by_direction_even_at_the_ends_of_float_range() -> None:
+    """Found by schemathesis: a client's vector of 1e300s overflowed the norm and failed every
+    index build. Only direction counts, so huge, tiny and ordinary vectors of one direction blend
+    identically, and nothing overflows (warnings are errors here)."""
+    u, i, w, nu, ni = planted()
+    f = fit_als(u, i, w, nu, ni, PARAMS)
+    rng = np.random.default_rng(5)
+    base = [list(rng.normal(size=16)) for _ in range(ni)]
+    scales = [1e300, 1e-300, 1.0, 1.0] * 10
+    scaled = [list(np.array(v) * s) for v, s in zip(base, scales, strict=True)]
+    scaled[3] = [5e-324] + [0.0] * 15  # the smallest subnormal: still a direction
+    base[3] = [1.0] + [0.0] * 15
+    a = blend_content(f, base, u, i, w, weight=1.0, dims=8, seed=1)
+    b = blend_content(f, scaled, u, i, w, weight=1.0, dims=8, seed=1)
+    assert np.isfinite(b.items).all()
+    assert np.isfinite(b.users).all()
+    np.testing.assert_allclose(b.items, a.items, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.users, a.users, rtol=1e-9, atol=1e-12)
