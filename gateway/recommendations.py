@@ -277,7 +277,7 @@ class Recommender:
         uncertain = [i for i in live if self._scores.get(i).served < UNCERTAIN_BELOW]
         pool = rng.sample(sorted(new), min(EXPLORE_NEW, len(new)))
         pool += rng.sample(sorted(uncertain), min(EXPLORE_UNCERTAIN, len(uncertain)))
-        return pool + self._scores.best(COLD_START)
+        return pool + self._scores.best(COLD_START, self.params.w_long_term)
 
     async def _log(
         self,
