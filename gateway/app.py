@@ -108,7 +108,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[CATALOG] = Catalog(pool, store, settings.catalog_cache_seconds)
     app[PSEUDONYMS] = Pseudonyms(pool)
     app[RECOMMENDER] = Recommender(
-        pool, store, app[CATALOG], app[PSEUDONYMS], clock, app[INDEX], app[SCORES], app[VERSIONS]
+        pool,
+        store,
+        app[CATALOG],
+        app[PSEUDONYMS],
+        clock,
+        app[INDEX],
+        app[SCORES],
+        app[VERSIONS],
+        settings.policy,
     )
     app[OUTCOMES] = OutcomeRecorder(store, SlateLookup(pool), app[PSEUDONYMS], clock)
     app[KEYS] = KeyVerifier(pool, settings.key_cache_seconds)

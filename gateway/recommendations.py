@@ -301,7 +301,7 @@ class Recommender:
             context=dict(context or {}),
             slate=slate,
             policy_name=self.params.name,
-            policy_version=self.params.version,
+            policy_version=self.params.logged_version,
             index_version=index.version if index is not None else NO_INDEX,
             requested_at=self._clock(),
             candidates=tuple(candidates) if candidates is not None else None,
