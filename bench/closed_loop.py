@@ -43,6 +43,10 @@ The reward is the simulator's realised short-term reward: per slate, streams + s
 (what the choices were worth, without the dice), and the long-term returns they led to. The plot
 goes to bench/out/closed_loop.png.
 
+Segue's policy is the gateway's default unless `SEGUE_POLICY_*` variables in the bench's
+environment (which the gateway inherits) select another; docs/decisions.md 23 has the figures
+of the default and the settings it was chosen over, over several seeds.
+
 The baselines are deterministic given --seed; Segue is not quite: its exploration is drawn from
 the recommendation id, a fresh uuid4, and early luck compounds (an item that does well early is
 shown more). Runs of the same seed have differed by about +-0.15 reward per slate; compare

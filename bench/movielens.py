@@ -30,10 +30,15 @@ Baselines, on the same split: popularity (the most-rated training items the user
 and the gateway's own factorisation fitted in memory (`domain.embeddings.fit_als` on the same
 weights with the gateway's default `IndexParams().als`) ranked exactly (all dot products, seen
 items excluded). The gateway differs from the latter by Annoy's approximate search over its
-200 nearest candidates, the policy's reward terms, and epsilon-greedy exploration (a tenth of
-its slates are uniformly random). So the gateway's greedy slates alone are scored too, beside
-the in-memory factorisation on the same users, with the share of items the two top 10s have in
-common (the gateway fits on its own id order, so its factors differ slightly).
+200 nearest candidates, the policy's reward terms, and its exploration (by default 3% of
+slates uniformly random, 7% with their last three positions re-drawn). So the gateway's greedy
+slates alone are scored too, beside the in-memory factorisation on the same users, with the
+share of items the two top 10s have in common (the gateway fits on its own id order, so its
+factors differ slightly).
+
+The policy is the one `SEGUE_POLICY_*` select in the bench's environment (the gateway inherits
+it). Items served during the run get reward posteriors (refreshed every 10 s) that move them up
+or down, so a slow run is scored on a slightly different ranking than a fast one.
 """
 
 from __future__ import annotations

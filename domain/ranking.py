@@ -24,9 +24,10 @@ the same slate.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from domain.events import SlateEntry
 
@@ -46,15 +47,18 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class PolicyParams:
+    """The policy's parameters. The defaults are what was measured (docs/decisions.md 19, 23);
+    `version` names them, so changing a default must change it too (a test pins the pair)."""
+
     name: str = "segue-eps-greedy"
-    version: str = "1"
+    version: str = "2"
     epsilon: float = 0.03  # uniform random slates
     tail_epsilon: float = 0.07  # slates whose last `tail` positions are drawn at random
     tail: int = 3
     w_affinity: float = 1.0
     w_reward: float = 1.0
     w_long_term: float = 0.2
-    optimism: float = 0.5  # score bonus per posterior standard deviation
+    optimism: float = 2.0  # score bonus per posterior standard deviation
     max_per_group: int = 2
 
     def __post_init__(self) -> None:
@@ -66,6 +70,27 @@ class PolicyParams:
             raise ValueError("tail must be at least 1")
         if self.max_per_group < 1:
             raise ValueError("max_per_group must be at least 1")
+        if self.optimism < 0.0 or self.w_long_term < 0.0:
+            raise ValueError("optimism and w_long_term must not be negative")
+
+    @property
+    def logged_version(self) -> str:
+        """The version to log with every slate: `version` for the defaults, else `version` plus a
+        digest of every tunable, so slates served under other settings are never mistaken for
+        the defaults' in an offline evaluation."""
+        tuned = tuple(
+            (f.name, getattr(self, f.name)) for f in fields(self) if f.name not in _NAMING
+        )
+        if tuned == _DEFAULT_TUNABLES:
+            return self.version
+        digest = hashlib.blake2b(repr(tuned).encode(), digest_size=4).hexdigest()
+        return f"{self.version}+{digest}"
+
+
+_NAMING = frozenset({"name", "version"})
+_DEFAULT_TUNABLES = tuple(
+    (f.name, f.default) for f in fields(PolicyParams) if f.name not in _NAMING
+)
 
 
 def score(c: Candidate, p: PolicyParams) -> float:

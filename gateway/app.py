@@ -115,7 +115,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[PSEUDONYMS] = Pseudonyms(pool, ttl_seconds=settings.pseudonym_cache_seconds)
     app[ERASURE] = Erasure(store, app[PSEUDONYMS])
     app[RECOMMENDER] = Recommender(
-        pool, store, app[CATALOG], app[PSEUDONYMS], clock, app[INDEX], app[SCORES], app[VERSIONS]
+        pool,
+        store,
+        app[CATALOG],
+        app[PSEUDONYMS],
+        clock,
+        app[INDEX],
+        app[SCORES],
+        app[VERSIONS],
+        settings.policy,
     )
     app[OUTCOMES] = OutcomeRecorder(store, SlateLookup(pool), app[PSEUDONYMS], clock)
     app[KEYS] = KeyVerifier(pool, settings.key_cache_seconds)

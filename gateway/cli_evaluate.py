@@ -170,7 +170,6 @@ def evaluate(
 ) -> None:
     """Estimate how the target policy would have done on the logged slates (replay, IPW,
     self-normalised IPW, direct method, doubly robust, switch-DR; values per served position)."""
-    from domain.ranking import PolicyParams
     from gateway.evaluation import Filters, evaluation_of
 
     config = _config(
@@ -182,7 +181,11 @@ def evaluate(
         alpha=alpha,
         seed=seed,
     )
-    rounds, name, version = _load(target, reward, Filters(surface, since, until), PolicyParams())
+    from gateway.cli import _settings
+
+    # `current` is the policy the gateways are configured to serve (SEGUE_POLICY_*).
+    policy = _settings().policy
+    rounds, name, version = _load(target, reward, Filters(surface, since, until), policy)
     result = evaluation_of(rounds, name, version, config)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -216,8 +219,11 @@ def _params(
             )
         base = loaded
     base.update({k: v for k, v in overrides.items() if v is not None})
+    from gateway.cli import _settings
+
+    # Start from the configured policy (SEGUE_POLICY_*): the file and options name what differs.
     try:
-        return PolicyParams(**base)
+        return dataclasses.replace(_settings().policy, **base)
     except (TypeError, ValueError) as exc:
         raise click.UsageError(f"invalid policy parameters: {exc}") from None
 

@@ -55,7 +55,6 @@ def report(
     import asyncpg
 
     from domain.ope import OpeConfig
-    from domain.ranking import PolicyParams
     from gateway.cli import _database_url, _settings
     from gateway.evaluation import EvaluationError, Filters, Request, evaluate_log
     from gateway.report import EstimateRow, gather, render
@@ -80,7 +79,7 @@ def report(
         logged = None
         for target in targets:
             click.echo(f"estimating {target} ...", err=True)
-            request = Request(target, chosen, Filters(None, since, until), PolicyParams())
+            request = Request(target, chosen, Filters(None, since, until), settings.policy)
             try:
                 result = await evaluate_log(url, request, config, settings.index_root, _progress)
             except EvaluationError as exc:

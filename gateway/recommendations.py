@@ -389,7 +389,7 @@ class Recommender:
         uncertain = [i for i in live if self._scores.get(i).served < UNCERTAIN_BELOW]
         pool = rng.sample(sorted(new), min(EXPLORE_NEW, len(new)))
         pool += rng.sample(sorted(uncertain), min(EXPLORE_UNCERTAIN, len(uncertain)))
-        return pool + self._scores.best(COLD_START)
+        return pool + self._scores.best(COLD_START, self.params.w_long_term)
 
     async def _log(
         self,
@@ -413,7 +413,7 @@ class Recommender:
             context=dict(context or {}),
             slate=slate,
             policy_name=self.params.name,
-            policy_version=self.params.version,
+            policy_version=self.params.logged_version,
             index_version=index.version if index is not None else NO_INDEX,
             requested_at=self._clock(),
             candidates=tuple(candidates) if candidates is not None else None,

@@ -42,7 +42,7 @@ class ItemScore:
     long_term: float
 
 
-UNSEEN = ItemScore(0, 0.0, math.sqrt(PRIOR_VARIANCE / PRIOR_IMPRESSIONS), 0.0)
+UNSEEN_SD = math.sqrt(PRIOR_VARIANCE / PRIOR_IMPRESSIONS)
 
 
 def reward_posterior(served: int, total: float, squares: float) -> tuple[float, float]:
@@ -61,16 +61,20 @@ class ItemScores:
         self._versions = versions
         self.every = every
         self.scores: dict[str, ItemScore] = {}
+        # What an item never served scores: the reward prior, and the long-term estimate of an
+        # item with no traces (the trace prior's), which every served item without traces
+        # gets too, so being unseen is neither a penalty nor a bonus on the long-term part.
+        self.unseen = ItemScore(0, 0.0, UNSEEN_SD, 0.0)
         self.refreshed_at: float | None = None
 
     def get(self, item_id: str) -> ItemScore:
-        return self.scores.get(item_id, UNSEEN)
+        return self.scores.get(item_id, self.unseen)
 
-    def best(self, n: int) -> list[str]:
+    def best(self, n: int, w_long_term: float) -> list[str]:
         """The items with the best expected reward: what a listener with no history gets."""
         ranked = sorted(
             self.scores.items(),
-            key=lambda kv: (-(kv[1].reward_mean + 0.2 * kv[1].long_term), kv[0]),
+            key=lambda kv: (-(kv[1].reward_mean + w_long_term * kv[1].long_term), kv[0]),
         )
         return [item for item, _ in ranked[:n]]
 
@@ -112,6 +116,7 @@ class ItemScores:
             mean, sd = reward_posterior(int(served), float(total), float(squares))
             scores[item] = ItemScore(int(served), mean, sd, long_term.get(item, baseline))
         self.scores = scores
+        self.unseen = ItemScore(0, 0.0, UNSEEN_SD, baseline)
         self.refreshed_at = time.monotonic()
         SCORES_REFRESHED.set_to_current_time()
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.ranking import PolicyParams
+
+_POLICY = PolicyParams()
 
 
 def default_data_dir() -> Path:
@@ -71,6 +75,42 @@ class Settings(BaseSettings):
     rate_limit_burst: Annotated[float, Field(ge=1)] = Field(
         default=1000.0, description="Requests a key may make at once before being limited"
     )
+    policy_optimism: Annotated[float, Field(ge=0)] = Field(
+        default=_POLICY.optimism,
+        description="Score bonus per posterior standard deviation of an item's reward",
+    )
+    policy_epsilon: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=_POLICY.epsilon, description="Share of slates drawn uniformly at random"
+    )
+    policy_tail_epsilon: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=_POLICY.tail_epsilon,
+        description="Share of slates whose last `policy_tail` positions are drawn at random",
+    )
+    policy_tail: Annotated[int, Field(ge=1)] = Field(
+        default=_POLICY.tail, description="Positions re-drawn in a tail-explored slate"
+    )
+    policy_long_term_weight: Annotated[float, Field(ge=0)] = Field(
+        default=_POLICY.w_long_term,
+        description="Weight of an item's long-term estimate (active days) in its score",
+    )
+
+    @property
+    def policy(self) -> PolicyParams:
+        """The ranking policy these settings select; its logged version names any departure
+        from the defaults."""
+        return PolicyParams(
+            optimism=self.policy_optimism,
+            epsilon=self.policy_epsilon,
+            tail_epsilon=self.policy_tail_epsilon,
+            tail=self.policy_tail,
+            w_long_term=self.policy_long_term_weight,
+        )
+
+    @model_validator(mode="after")
+    def _policy_is_valid(self) -> Settings:
+        if self.policy_epsilon + self.policy_tail_epsilon > 1:
+            raise ValueError("policy_epsilon + policy_tail_epsilon must be at most 1")
+        return self
 
     @property
     def index_root(self) -> Path:

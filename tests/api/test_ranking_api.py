@@ -8,10 +8,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import ClientSession
 
 from domain.ranking import PolicyParams
 from gateway.client import outcome
-from tests.api.conftest import Api, index_built, projections_caught_up
+from tests.api.conftest import Api, index_built, projections_caught_up, serving
+from tests.api.test_endpoints import served_events
 
 POLICY = PolicyParams()
 
@@ -92,6 +94,28 @@ async def test_propensities_are_the_policys(api: Api) -> None:
     for s in answer["items"]:
         assert 0 < s["propensity"] <= 1
         assert s["propensity"] >= POLICY.epsilon / eligible_max
+
+
+async def test_the_configured_policy_serves_and_is_logged_under_its_own_version(
+    db_url: str, all_scopes_key: str, db: asyncpg.Connection
+) -> None:
+    # Every slate uniform: each of the 12 eligible items is at each position with p = 1/12.
+    tuned = PolicyParams(epsilon=1.0, tail_epsilon=0.0)
+    async with (
+        serving(
+            db_url, run_index_builder=False, policy_epsilon=1.0, policy_tail_epsilon=0.0
+        ) as url,
+        ClientSession() as session,
+    ):
+        api = Api(url, all_scopes_key, session)
+        items = [{"item_id": f"it{i}", "kind": "track", "attributes": {}} for i in range(12)]
+        assert (await api.post("/v1/items", {"items": items})).status == 200
+        answer = await recommend(api, user_id="u1", n=4)
+    assert answer["policy"] == {"name": tuned.name, "version": tuned.logged_version}
+    assert tuned.logged_version != POLICY.version
+    assert [s["propensity"] for s in answer["items"]] == pytest.approx([1 / 12] * 4)
+    [event] = (await served_events(db)).values()
+    assert event.policy_version == tuned.logged_version
 
 
 async def test_a_blend_serves_every_member(api: Api, db_url: str) -> None:

@@ -130,3 +130,32 @@ def test_bad_parameters_are_refused() -> None:
         PolicyParams(epsilon=0.5, tail_epsilon=0.6)
     with pytest.raises(ValueError, match="n must"):
         draw_slate(CANDIDATES, 0, PolicyParams(), random.Random(0))
+    with pytest.raises(ValueError, match="optimism"):
+        PolicyParams(optimism=-1.0)
+    with pytest.raises(ValueError, match="tail must"):
+        PolicyParams(tail=0)
+
+
+def test_the_version_names_the_defaults() -> None:
+    # The policy version is logged with every slate, so a change of any default must come with
+    # a new version: change both here together.
+    p = PolicyParams()
+    assert (p.version, p.logged_version) == ("2", "2")
+    assert (p.epsilon, p.tail_epsilon, p.tail, p.optimism, p.max_per_group) == (
+        0.03,
+        0.07,
+        3,
+        2.0,
+        2,
+    )
+    assert (p.w_affinity, p.w_reward, p.w_long_term) == (1.0, 1.0, 0.2)
+
+
+def test_other_settings_log_a_version_of_their_own() -> None:
+    tuned = PolicyParams(optimism=0.5)
+    assert tuned.logged_version.startswith("2+")
+    assert tuned.logged_version == PolicyParams(optimism=0.5).logged_version
+    assert tuned.logged_version != PolicyParams(optimism=1.0).logged_version
+    assert PolicyParams(epsilon=0.05).logged_version != PolicyParams(tail=2).logged_version
+    # The name is not a tunable: a renamed default policy keeps its version.
+    assert PolicyParams(name="other").logged_version == "2"

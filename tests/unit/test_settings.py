@@ -1,0 +1,46 @@
+"""Policy settings: read from SEGUE_* variables, defaulting to the measured policy."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from domain.ranking import PolicyParams
+from gateway.settings import Settings
+
+
+def test_the_defaults_are_the_policys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPTIMISM", "EPSILON", "TAIL_EPSILON", "TAIL", "LONG_TERM_WEIGHT"):
+        monkeypatch.delenv(f"SEGUE_POLICY_{name}", raising=False)
+    assert Settings().policy == PolicyParams()
+
+
+def test_policy_variables_select_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGUE_POLICY_OPTIMISM", "0.5")
+    monkeypatch.setenv("SEGUE_POLICY_EPSILON", "0.1")
+    monkeypatch.setenv("SEGUE_POLICY_TAIL_EPSILON", "0")
+    monkeypatch.setenv("SEGUE_POLICY_TAIL", "2")
+    monkeypatch.setenv("SEGUE_POLICY_LONG_TERM_WEIGHT", "0")
+    policy = Settings().policy
+    assert policy == PolicyParams(
+        optimism=0.5, epsilon=0.1, tail_epsilon=0.0, tail=2, w_long_term=0.0
+    )
+    assert policy.logged_version != PolicyParams().version
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"SEGUE_POLICY_OPTIMISM": "-1"}, "policy_optimism"),
+        ({"SEGUE_POLICY_EPSILON": "lots"}, "policy_epsilon"),
+        ({"SEGUE_POLICY_TAIL": "0"}, "policy_tail"),
+        ({"SEGUE_POLICY_EPSILON": "0.6", "SEGUE_POLICY_TAIL_EPSILON": "0.5"}, "policy_epsilon"),
+    ],
+)
+def test_bad_policy_settings_are_named(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValidationError, match=named):
+        Settings()
