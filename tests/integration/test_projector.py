@@ -796,9 +796,12 @@ async def test_attribution_rules_end_to_end(
     assert ep2.total == SurfaceRewards(0, {"stream_30s": 4, "complete": 1}, Decimal(0), Decimal(0))
     assert (ep2.by_surface, ep2.positions) == ({}, {})
 
-    # Twenty days on, days 1..19 of the trace are over; it was active on days 3 and 5.
+    # Twenty days on, days 1..19 of the trace are over; it was active on days 3 and 5. (D0 was
+    # taken at import: a run that crosses midnight UTC is a day further on.)
+    elapsed = day_number(now) - D0
+    assert elapsed in (20, 21)
     sums, counts = np.zeros(60), np.zeros(60)
-    counts[:19] = 1
+    counts[: elapsed - 1] = 1
     sums[[2, 4]] = 1
     want = posterior(uninformed_prior(60), sums, counts)
     assert ep1.long_term.observed_traces == 1
