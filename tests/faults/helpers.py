@@ -312,6 +312,37 @@ class PrivateCluster:
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
 
+    def pids(self) -> list[int]:
+        """The postmaster and every process it started (backends, checkpointer, WAL writer...),
+        read from /proc: the postmaster's pid file, then its children."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # The command name is in parentheses and may hold spaces: split after it.
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP every process of the cluster: it still accepts connections (the kernel queues
+        them) but answers nothing, like a server behind a network black hole. Returns the pids,
+        for `thaw`."""
+        # The postmaster first, so that it forks nothing after its children were listed.
+        postmaster, *_ = self.pids()
+        os.kill(postmaster, signal.SIGSTOP)
+        pids = self.pids()
+        for pid in pids[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def thaw(self, pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def destroy(self) -> None:
         with contextlib.suppress(Exception):
             if self.running():
