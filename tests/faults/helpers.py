@@ -586,3 +586,44 @@ async def metric(base_url: str, name: str) -> float | None:
             if line.startswith(name + " "):
                 return float(line.split()[1])
     return None
+
+
+def data_routes() -> list[tuple[str, str, Any]]:
+    """One request per data route (every route that needs the database)."""
+    return [
+        ("POST", "/v1/recommendations", {"user_id": "user-1", "surface": "home", "n": 3}),
+        ("POST", "/v1/blends", {"user_ids": ["user-1", "user-2"], "surface": "home", "n": 3}),
+        ("GET", "/v1/users/user-1/discover?n=3", None),
+        ("GET", "/v1/items/it-1/similar?n=3", None),
+        (
+            "POST",
+            "/v1/outcomes",
+            {
+                "outcomes": [
+                    {
+                        "event_id": str(uuid.uuid4()),
+                        "user_id": "user-1",
+                        "item_id": "it-1",
+                        "kind": "stream_30s",
+                    }
+                ]
+            },
+        ),
+        ("PUT", "/v1/items/it-new", {"kind": "track", "attributes": {}}),
+        ("POST", "/v1/items", {"items": [{"item_id": "it-new-2", "kind": "track"}]}),
+        ("GET", "/v1/items/it-1", None),
+        ("DELETE", "/v1/items/it-2", None),
+        ("GET", "/v1/items/it-1/rewards", None),
+        ("GET", "/v1/admin/status", None),
+    ]
+
+
+async def ready(base_url: str) -> bool:
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
+            s.get(base_url + "/readyz") as r,
+        ):
+            return r.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
