@@ -11,12 +11,6 @@ from datetime import UTC, datetime
 
 import asyncpg
 from aiohttp import web
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
 from gateway import redaction
 from gateway.appkeys import (
@@ -42,7 +36,7 @@ from gateway.appkeys import (
 )
 from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog, CatalogProjection
-from gateway.database import create_pool
+from gateway.database import create_pool, wait_for_database
 from gateway.erasure import Erasure
 from gateway.event_store import PostgresEventStore
 from gateway.index_service import IndexService
@@ -71,16 +65,18 @@ def utc_now() -> datetime:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # The database may still be starting (a container, a failover): wait for it, bounded.
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(UNAVAILABLE),
-        wait=wait_random_exponential(multiplier=0.2, max=5),
-        stop=stop_after_delay(60),
-        reraise=True,
-    ):
-        with attempt:
-            pool = await create_pool(
-                app[DSN], min_size=settings.pool_min_size, max_size=settings.pool_max_size
-            )
+    # Every statement on the pool is bounded too (decision 51): a server that accepts but does
+    # not answer makes a request a 503, not a hang.
+    pool = await wait_for_database(
+        "opening the connection pool",
+        lambda: create_pool(
+            app[DSN],
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            command_timeout=settings.query_timeout_seconds,
+        ),
+        settings.startup_wait_seconds,
+    )
     app[POOL] = pool
     yield
     await pool.close()
@@ -128,7 +124,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[OUTCOMES] = OutcomeRecorder(store, SlateLookup(pool), app[PSEUDONYMS], clock)
     app[KEYS] = KeyVerifier(pool, settings.key_cache_seconds)
     app[LIMITER] = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-    app[REWARDS] = RewardsReader(pool, app[VERSIONS])
+    app[REWARDS] = RewardsReader(
+        pool, app[VERSIONS], prior_timeout=settings.slow_query_timeout_seconds
+    )
     yield
 
 
@@ -142,7 +140,8 @@ async def _projectors(app: web.Application) -> AsyncIterator[None]:
     )
     app[RUNNERS] = runners
     tasks = [asyncio.create_task(r.run(), name=f"projector-{r.projection.name}") for r in runners]
-    tasks.append(asyncio.create_task(_watch_lag(app[POOL]), name="lag-monitor"))
+    lag = _watch_lag(app[POOL], settings.slow_query_timeout_seconds)
+    tasks.append(asyncio.create_task(lag, name="lag-monitor"))
     yield
     for task in tasks:
         task.cancel()
@@ -165,7 +164,12 @@ async def _indexes(app: web.Application) -> AsyncIterator[None]:
     app[INDEX] = holder
     app[INDEX_SERVICE] = service
     app[VERSIONS] = LiveVersions(app[POOL])
-    app[SCORES] = ItemScores(app[POOL], app[VERSIONS], every=settings.scores_refresh_seconds)
+    app[SCORES] = ItemScores(
+        app[POOL],
+        app[VERSIONS],
+        every=settings.scores_refresh_seconds,
+        timeout=settings.slow_query_timeout_seconds,
+    )
     tasks = [
         asyncio.create_task(holder.watch(), name="index-watch"),
         asyncio.create_task(app[SCORES].watch(), name="item-scores"),
@@ -181,11 +185,11 @@ async def _indexes(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-async def _watch_lag(pool: asyncpg.Pool, every: float = 5.0) -> None:
+async def _watch_lag(pool: asyncpg.Pool, slow_timeout: float, every: float = 5.0) -> None:
     """Keep the lag gauges current even when nobody asks for the status."""
     while True:
         try:
-            publish_lag(await projection_status(pool))
+            publish_lag(await projection_status(pool, lag_timeout=slow_timeout))
         except UNAVAILABLE:
             pass  # the gauges keep their last values until the database is back
         except Exception:

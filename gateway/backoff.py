@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential, wait_random
+from tenacity.wait import wait_base
+
+
+def jittered(initial: float = 0.2, maximum: float = 5.0) -> wait_base:
+    """tenacity's wait strategy behind `Backoff`, for `AsyncRetrying(wait=...)`: about
+    `initial`, doubling up to `maximum`, each plus a random jitter of up to `initial`."""
+    return wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial)
 
 
 class Backoff:
@@ -12,7 +19,7 @@ class Backoff:
     `reset()` after a success, so that the next outage starts with short waits again."""
 
     def __init__(self, initial: float = 0.2, maximum: float = 5.0) -> None:
-        self._wait = wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial)
+        self._wait = jittered(initial, maximum)
         self._state = RetryCallState(AsyncRetrying(), None, (), {})
         self._state.attempt_number = 0
 

@@ -80,13 +80,18 @@ def _run_worker(settings: Settings, url: str, host: str, port: int, reuse_port: 
     "--workers", type=click.IntRange(1, 64), default=1, help="Gateway processes sharing the port."
 )
 def serve(host: str | None, port: int | None, workers: int) -> None:
-    """Run the gateway (migrating the database first)."""
-    from gateway.database import migrate
+    """Run the gateway (migrating the database first, once it can be reached)."""
+    from gateway.database import DatabaseUnreachable, migrate, wait_for_database
 
     settings = _settings()
     _setup_logging(settings)
     url = _database_url(settings)
-    asyncio.run(migrate(url))
+    try:
+        asyncio.run(
+            wait_for_database("migrating", lambda: migrate(url), settings.startup_wait_seconds)
+        )
+    except DatabaseUnreachable as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
     host = host or settings.host
     port = port if port is not None else settings.port
     if workers == 1:

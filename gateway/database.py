@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay
 
+from gateway.backoff import jittered
 from gateway.settings import Settings, asyncpg_dsn, sqlalchemy_url
 
 # The embedded server handle must outlive every pool that uses it; pgserver stops the server
 # when the last handle is released at exit.
 _embedded: dict[Path, Any] = {}
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Everything that means "the database cannot be reached or cannot serve right now", as asyncpg
 # reports it depending on what a connection was doing when the server went away: OSError (refused,
@@ -19,8 +28,10 @@ _embedded: dict[Path, Any] = {}
 # InternalClientError) on the next use of a connection whose server ended it while it was idle,
 # class 57 (admin shutdown, crash shutdown, "cannot connect now" while starting or recovering,
 # a cancelled statement) in the middle of a query, class 53 (too many connections, out of
-# memory, disk full). Requests meeting one answer 503 and may be retried; background tasks
-# reconnect with backoff.
+# memory, disk full). A statement that outlives the pool's `command_timeout` (a server that
+# accepts but does not answer: stopped, or behind a network black hole) raises TimeoutError,
+# an OSError. Requests meeting one answer 503 and may be retried; background tasks reconnect
+# with backoff.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
@@ -29,6 +40,80 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
 )
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it wraps (SQLAlchemy keeps asyncpg's as `orig` and as the
+    cause), means the database cannot be reached right now."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UNAVAILABLE_ERRORS):
+            return True
+        orig = getattr(e, "orig", None)
+        todo += [e.__cause__, e.__context__, orig if isinstance(orig, BaseException) else None]
+    return False
+
+
+class DatabaseUnreachable(Exception):
+    """The database stayed out of reach for the whole start-up wait."""
+
+
+async def wait_for_database(
+    what: str, attempt: Callable[[], Awaitable[T]], wait_seconds: float
+) -> T:
+    """`attempt()`, retried while the database is unreachable (a container still starting, a
+    failover) with bounded, jittered exponential waits, each logged at WARNING with its reason,
+    for up to `wait_seconds` in all (0: one attempt). Other errors propagate at once; running out
+    of time raises `DatabaseUnreachable` naming the last reason."""
+    started = time.monotonic()
+    backoff = jittered(0.2, 5.0)
+
+    def wait(state: RetryCallState) -> float:
+        # The last wait is cut short so that the last attempt comes at the limit, not after it.
+        return max(0.0, min(backoff(state), wait_seconds - (time.monotonic() - started)))
+
+    def waiting(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "%s: the database is unreachable (%s); retrying in %.1f s (%.0f of %.0f s waited)",
+            what,
+            _reason(exc),
+            state.upcoming_sleep,
+            time.monotonic() - started,
+            wait_seconds,
+        )
+
+    try:
+        async for retry in AsyncRetrying(
+            retry=retry_if_exception(unavailable),
+            wait=wait,
+            stop=stop_after_delay(wait_seconds),
+            before_sleep=waiting,
+            reraise=True,
+        ):
+            with retry:
+                return await attempt()
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        raise DatabaseUnreachable(
+            f"the database was unreachable for {time.monotonic() - started:.1f} s "
+            f"(SEGUE_STARTUP_WAIT_SECONDS={wait_seconds:g}); last error: {_reason(exc)}"
+        ) from exc
+    raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+def _reason(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown"
+    text = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -56,18 +141,22 @@ def configured_url(*, sqlalchemy: bool = False, start_embedded: bool = True) -> 
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, command_timeout: float | None = None
+) -> asyncpg.Pool:
     """The app's pool. Idle-in-transaction sessions are cut off: one open writer would otherwise
     hold back every reader of the log (they wait for the oldest running transaction).
 
     Connecting gives up after a few seconds (asyncpg waits a minute by default), so that a
     request meeting an unreachable server, which the pool tries to reconnect to, answers 503
-    in bounded time rather than hang."""
+    in bounded time rather than hang. `command_timeout` bounds every statement (None: no bound,
+    for batch work such as `segue evaluate`); a statement may ask for more with `timeout=`."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         timeout=CONNECT_TIMEOUT_SECONDS,
+        command_timeout=command_timeout,
         server_settings={
             "application_name": "segue",
             "idle_in_transaction_session_timeout": "15000",
@@ -103,7 +192,13 @@ async def migrate(url: str, revision: str = "head", *, downgrade: bool = False) 
         else:
             command.upgrade(cfg, revision)
 
-    engine = create_async_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
+    # Connecting is bounded, so that a server that accepts but does not answer is retried by
+    # the start-up wait rather than hang it; statements are not: a migration may be long.
+    engine = create_async_engine(
+        sqlalchemy_url(url),
+        poolclass=pool.NullPool,
+        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+    )
     try:
         async with engine.begin() as connection:
             await connection.run_sync(run)

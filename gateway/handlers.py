@@ -26,6 +26,7 @@ from gateway.appkeys import (
     POOL,
     RECOMMENDER,
     REWARDS,
+    SETTINGS,
 )
 from gateway.auth import CURRENT_KEY
 from gateway.catalog import CatalogItem
@@ -439,9 +440,11 @@ async def item_rewards(request: web.Request) -> web.StreamResponse:
 
 async def admin_status(request: web.Request) -> web.StreamResponse:
     pool = request.app[POOL]
-    rows = await projection_status(pool)
+    # Both counts read a table that grows with the log: the slow bound, not the pool's.
+    slow = request.app[SETTINGS].slow_query_timeout_seconds
+    rows = await projection_status(pool, lag_timeout=slow)
     publish_lag(rows)
-    events = await pool.fetchval("SELECT count(*) FROM events")
+    events = await pool.fetchval("SELECT count(*) FROM events", timeout=slow)
     return reply(
         StatusOut(
             projections=[

@@ -351,8 +351,12 @@ class Status:
     lag_seconds: float
 
 
-async def status(conn: Connection | asyncpg.Pool) -> list[Status]:
-    """Every live or building projection version with its lag behind the log."""
+async def status(
+    conn: Connection | asyncpg.Pool, *, lag_timeout: float | None = None
+) -> list[Status]:
+    """Every live or building projection version with its lag behind the log. Counting the lag
+    reads up to ten million rows; `lag_timeout` bounds that statement instead of the
+    connection's own `command_timeout` (None: the connection's)."""
     rows = await conn.fetch(
         "SELECT name, version, status, definition_version, tx_id::text AS tx_id, "
         "global_position, events_applied FROM projections WHERE status <> 'retired' "
@@ -366,6 +370,7 @@ async def status(conn: Connection | asyncpg.Pool) -> list[Status]:
             "($1::text::xid8, $2::bigint) LIMIT 10000000) AS behind",
             r["tx_id"],
             r["global_position"],
+            timeout=lag_timeout,
         )
         assert lag is not None
         out.append(

@@ -95,10 +95,20 @@ class LiveVersions:
 
 
 class RewardsReader:
-    def __init__(self, pool: asyncpg.Pool, versions: LiveVersions, prior_ttl: float = 60.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        versions: LiveVersions,
+        prior_ttl: float = 60.0,
+        *,
+        prior_timeout: float | None = None,
+    ) -> None:
+        """`prior_timeout` bounds fitting the trace prior, which reads every item's traces,
+        instead of the pool's `command_timeout` (None: the pool's)."""
         self._pool = pool
         self._versions = versions
         self._prior_ttl = prior_ttl
+        self._prior_timeout = prior_timeout
         self._prior: dict[tuple[str, int], tuple[float, TracePrior]] = {}
 
     async def item(self, item_id: str, as_of: datetime, *, current: bool) -> ItemRewards | None:
@@ -199,7 +209,9 @@ class RewardsReader:
         hit = self._prior.get(key)
         if current and hit is not None and time.monotonic() - hit[0] < self._prior_ttl:
             return hit[1]
-        prior = await fit_prior_at(conn, version.schema, definition, as_of)
+        prior = await fit_prior_at(
+            conn, version.schema, definition, as_of, statement_timeout=self._prior_timeout
+        )
         if current:
             self._prior = {key: (time.monotonic(), prior)}
         return prior
@@ -210,8 +222,11 @@ async def fit_prior_at(
     schema: str,
     definition: RewardDefinition,
     as_of: datetime,
+    *,
+    statement_timeout: float | None = None,
 ) -> TracePrior:
-    """The trace prior fitted on every item's traces as they stood at `as_of`."""
+    """The trace prior fitted on every item's traces as they stood at `as_of`;
+    `statement_timeout` bounds each statement (None: the connection's `command_timeout`)."""
     s = q(schema)
     horizon = definition.horizon_days
     starts: dict[str, dict[int, int]] = defaultdict(dict)
@@ -219,6 +234,7 @@ async def fit_prior_at(
         f"SELECT item_id, start_day, sum(traces) FROM {s}.lt_starts WHERE at <= $1 "
         "GROUP BY item_id, start_day",
         as_of,
+        timeout=statement_timeout,
     ):
         starts[item][int(start)] = int(n)
     active: dict[str, dict[tuple[int, int], int]] = defaultdict(dict)
@@ -226,6 +242,7 @@ async def fit_prior_at(
         f"SELECT item_id, start_day, day_offset, sum(active) FROM {s}.lt_active WHERE at <= $1 "
         "GROUP BY item_id, start_day, day_offset",
         as_of,
+        timeout=statement_timeout,
     ):
         active[item][(int(start), int(offset))] = int(n)
     today = day_number(as_of)

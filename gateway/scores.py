@@ -56,8 +56,18 @@ def reward_posterior(served: int, total: float, squares: float) -> tuple[float, 
 
 
 class ItemScores:
-    def __init__(self, pool: asyncpg.Pool, versions: LiveVersions, every: float = 10.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        versions: LiveVersions,
+        every: float = 10.0,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """`timeout` bounds each statement of a refresh, which reads every item's rewards and
+        traces, instead of the pool's `command_timeout` (None: the pool's)."""
         self._pool = pool
+        self._timeout = timeout
         self._versions = versions
         self.every = every
         self.scores: dict[str, ItemScore] = {}
@@ -87,21 +97,26 @@ class ItemScores:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 f"SELECT item_id, sum(served)::bigint, sum(reward_sum)::float8, "
-                f"sum(reward_sq)::float8 FROM {s}.item_rewards GROUP BY item_id"
+                f"sum(reward_sq)::float8 FROM {s}.item_rewards GROUP BY item_id",
+                timeout=self._timeout,
             )
             starts: dict[str, dict[int, int]] = defaultdict(dict)
             for item, start, n in await conn.fetch(
                 f"SELECT item_id, start_day, sum(traces) FROM {s}.lt_starts "
-                "GROUP BY item_id, start_day"
+                "GROUP BY item_id, start_day",
+                timeout=self._timeout,
             ):
                 starts[item][int(start)] = int(n)
             active: dict[str, dict[tuple[int, int], int]] = defaultdict(dict)
             for item, start, offset, n in await conn.fetch(
                 f"SELECT item_id, start_day, day_offset, sum(active) FROM {s}.lt_active "
-                "GROUP BY item_id, start_day, day_offset"
+                "GROUP BY item_id, start_day, day_offset",
+                timeout=self._timeout,
             ):
                 active[item][(int(start), int(offset))] = int(n)
-            prior = await fit_prior_at(conn, version.schema, version.definition, now)
+            prior = await fit_prior_at(
+                conn, version.schema, version.definition, now, statement_timeout=self._timeout
+            )
         today = day_number(now)
         horizon = version.definition.horizon_days
         long_term = {

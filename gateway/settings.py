@@ -39,6 +39,21 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     pool_min_size: Annotated[int, Field(ge=1)] = 2
     pool_max_size: Annotated[int, Field(ge=1)] = 10
+    startup_wait_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=60.0,
+        description="How long `segue serve` waits for an unreachable database at start-up, "
+        "retrying with jittered exponential backoff, before it exits non-zero; 0: fail at once.",
+    )
+    query_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=5.0,
+        description="The longest any statement on the gateway's pool may take: a database that "
+        "accepts but does not answer is a 503 after this, not a hang.",
+    )
+    slow_query_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=60.0,
+        description="The bound for the few pool statements that scan a table growing with the "
+        "log (the event count of /v1/admin/status, the item-scores refresh).",
+    )
     max_body_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024 * 1024
     group_commit_max_events: Annotated[int, Field(ge=1)] = 2000
     group_commit_flushers: Annotated[int, Field(ge=1, le=16)] = 2

@@ -62,7 +62,7 @@ async def test_no_key_is_ever_logged(db_url: str, caplog: pytest.LogCaptureFixtu
         # whose value the answer does not repeat); the access log still hides it.
         in_query = await api.get(f"/v1/items/logged?api_key={good}&auth=Bearer%20{good}")
         assert in_query.status == 422
-        assert good.rsplit("_", 1)[-1].encode() not in in_query.body
+        assert good.split("_", 2)[2].encode() not in in_query.body
         while (await api.get("/v1/items/logged")).status != 429:  # over the limit
             pass
         # Not HTTP: the parser's own error names the header line (in its answer, not a log).
@@ -77,7 +77,8 @@ async def test_no_key_is_ever_logged(db_url: str, caplog: pytest.LogCaptureFixtu
     text = caplog.text + "\n".join(repr(r.__dict__) for r in caplog.records)
     assert "aiohttp.access" in {r.name for r in caplog.records}, "the access log was not captured"
     for secret in secrets:
-        body = secret.rsplit("_", 1)[-1]  # the part that is secret; the key id is not
+        # The part that is secret (the key id is not); the token itself may hold "_".
+        body = secret.split("_", 2)[2]
         leaks = [r.__dict__ for r in caplog.records if body in repr(r.__dict__)]
         assert body not in text, f"a key's secret is in the logs: {leaks}"
         assert body[:12] not in text

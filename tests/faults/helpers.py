@@ -312,6 +312,37 @@ class PrivateCluster:
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
 
+    def pids(self) -> list[int]:
+        """The postmaster and every process it started (backends, checkpointer, WAL writer...),
+        read from /proc: the postmaster's pid file, then its children."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # The command name is in parentheses and may hold spaces: split after it.
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP every process of the cluster: it still accepts connections (the kernel queues
+        them) but answers nothing, like a server behind a network black hole. Returns the pids,
+        for `thaw`."""
+        # The postmaster first, so that it forks nothing after its children were listed.
+        postmaster, *_ = self.pids()
+        os.kill(postmaster, signal.SIGSTOP)
+        pids = self.pids()
+        for pid in pids[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def thaw(self, pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def destroy(self) -> None:
         with contextlib.suppress(Exception):
             if self.running():
@@ -555,3 +586,44 @@ async def metric(base_url: str, name: str) -> float | None:
             if line.startswith(name + " "):
                 return float(line.split()[1])
     return None
+
+
+def data_routes() -> list[tuple[str, str, Any]]:
+    """One request per data route (every route that needs the database)."""
+    return [
+        ("POST", "/v1/recommendations", {"user_id": "user-1", "surface": "home", "n": 3}),
+        ("POST", "/v1/blends", {"user_ids": ["user-1", "user-2"], "surface": "home", "n": 3}),
+        ("GET", "/v1/users/user-1/discover?n=3", None),
+        ("GET", "/v1/items/it-1/similar?n=3", None),
+        (
+            "POST",
+            "/v1/outcomes",
+            {
+                "outcomes": [
+                    {
+                        "event_id": str(uuid.uuid4()),
+                        "user_id": "user-1",
+                        "item_id": "it-1",
+                        "kind": "stream_30s",
+                    }
+                ]
+            },
+        ),
+        ("PUT", "/v1/items/it-new", {"kind": "track", "attributes": {}}),
+        ("POST", "/v1/items", {"items": [{"item_id": "it-new-2", "kind": "track"}]}),
+        ("GET", "/v1/items/it-1", None),
+        ("DELETE", "/v1/items/it-2", None),
+        ("GET", "/v1/items/it-1/rewards", None),
+        ("GET", "/v1/admin/status", None),
+    ]
+
+
+async def ready(base_url: str) -> bool:
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
+            s.get(base_url + "/readyz") as r,
+        ):
+            return r.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False

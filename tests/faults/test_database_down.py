@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,10 @@ from tests.faults.helpers import (
     Load,
     PrivateCluster,
     assert_acknowledged_stored_once,
+    data_routes,
     make_key,
     private_cluster,
+    ready,
     seed_catalogue,
     summary,
     wait_until,
@@ -39,36 +40,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 DOWN_SECONDS = 3.0
 BOUND_SECONDS = 5.0  # no request may take longer than this, database or not
-
-
-def data_routes() -> list[tuple[str, str, Any]]:
-    """One request per data route (every route that needs the database)."""
-    return [
-        ("POST", "/v1/recommendations", {"user_id": "user-1", "surface": "home", "n": 3}),
-        ("POST", "/v1/blends", {"user_ids": ["user-1", "user-2"], "surface": "home", "n": 3}),
-        ("GET", "/v1/users/user-1/discover?n=3", None),
-        ("GET", "/v1/items/it-1/similar?n=3", None),
-        (
-            "POST",
-            "/v1/outcomes",
-            {
-                "outcomes": [
-                    {
-                        "event_id": str(uuid.uuid4()),
-                        "user_id": "user-1",
-                        "item_id": "it-1",
-                        "kind": "stream_30s",
-                    }
-                ]
-            },
-        ),
-        ("PUT", "/v1/items/it-new", {"kind": "track", "attributes": {}}),
-        ("POST", "/v1/items", {"items": [{"item_id": "it-new-2", "kind": "track"}]}),
-        ("GET", "/v1/items/it-1", None),
-        ("DELETE", "/v1/items/it-2", None),
-        ("GET", "/v1/items/it-1/rewards", None),
-        ("GET", "/v1/admin/status", None),
-    ]
 
 
 async def probe_while_down(base_url: str, key: str) -> tuple[int, float]:
@@ -98,17 +69,6 @@ async def probe_while_down(base_url: str, key: str) -> tuple[int, float]:
         async with session.get(base_url + "/healthz") as r:
             assert r.status == 200
     return n, slowest
-
-
-async def ready(base_url: str) -> bool:
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
-            s.get(base_url + "/readyz") as r,
-        ):
-            return r.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
 
 
 async def test_database_stopped_under_load_and_restarted(tmp_path: Path) -> None:
