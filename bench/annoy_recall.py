@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ from numpy.typing import NDArray
 
 from domain.embeddings import fit_als
 from gateway.indexes import IndexParams
+from gateway.wheels import fetch_wheel
 
 K = 10
 RECBOLE = "recbole==1.2.1"
@@ -77,15 +77,10 @@ def movielens_interactions(wheel: Path | None) -> tuple[Ids, Ids, int, int]:
     with tempfile.TemporaryDirectory() as tmp:
         if wheel is None:
             # The data set is never committed: fetch the wheel that ships it, read it from the zip.
-            done = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                 "--disable-pip-version-check", RECBOLE, "-d", tmp],
-                capture_output=True,
-                text=True,
-            )  # fmt: skip
-            if done.returncode != 0:
-                sys.exit(f"pip download {RECBOLE} failed:\n{done.stderr}")
-            wheel = next(Path(tmp).glob("recbole-*.whl"))
+            try:
+                wheel = fetch_wheel(Path(tmp), RECBOLE)
+            except RuntimeError as exc:
+                sys.exit(str(exc))
         with zipfile.ZipFile(wheel) as archive:
             text = archive.read(ML_100K).decode()
     lines = text.splitlines()[1:]  # header: user_id:token item_id:token rating:float timestamp

@@ -18,25 +18,23 @@ import asyncio
 import itertools
 import os
 import random
-import secrets
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
 import orjson
 
 from domain.events import OutcomeKind, OutcomeRecorded, to_payload
-from gateway.database import migrate
 from gateway.event_store import Connection, PostgresEventStore
 from gateway.store_api import NewEvent
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+from _common import EVENT_COLUMNS, add_url_argument, throwaway_database
+
 CONCURRENCY = 64
 COPY_BATCH = 1000
 ROUNDS = 3
@@ -47,16 +45,6 @@ ONE_INSERT = f"one INSERT per event, {CONCURRENCY} tasks (streams + events + eve
 ONE_INSERT_SEQUENTIAL = "one INSERT per event, 1 connection, sequential (same 3 writes, 1 tx)"
 EVENTS_ONLY = f"one INSERT per event, {CONCURRENCY} tasks (events only)"
 COPY = f"COPY into events, batches of {COPY_BATCH}"
-
-EVENT_COLUMNS = (
-    "stream_id",
-    "stream_version",
-    "event_id",
-    "event_type",
-    "schema_version",
-    "payload",
-    "metadata",
-)
 
 
 class Events:
@@ -106,6 +94,25 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+INSERT_EVENT = (
+    "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, payload,"
+    " metadata) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)"
+)
+
+
+def _row(e: NewEvent, version: int) -> tuple[object, ...]:
+    """`e` as the values of `EVENT_COLUMNS`, at stream version `version`."""
+    return (
+        e.stream_id,
+        version,
+        e.event_id,
+        e.event_type,
+        e.schema_version,
+        _dumps(e.payload),
+        _dumps(e.metadata),
+    )
+
+
 async def _insert_one(conn: Connection, e: NewEvent) -> None:
     async with conn.transaction():
         version = await conn.fetchval(
@@ -115,16 +122,7 @@ async def _insert_one(conn: Connection, e: NewEvent) -> None:
             e.stream_id,
         )
         position = await conn.fetchval(
-            "INSERT INTO events (stream_id, stream_version, event_id, event_type,"
-            " schema_version, payload, metadata)"
-            " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb) RETURNING global_position",
-            e.stream_id,
-            version,
-            e.event_id,
-            e.event_type,
-            e.schema_version,
-            _dumps(e.payload),
-            _dumps(e.metadata),
+            INSERT_EVENT + " RETURNING global_position", *_row(e, version)
         )
         await conn.execute(
             "INSERT INTO event_ids (event_id, global_position, stream_id, stream_version)"
@@ -179,17 +177,7 @@ class Bench:
         """The floor of the one-at-a-time approach: a single INSERT per event, nothing else."""
 
         async def one(e: NewEvent) -> None:
-            await self.pool.execute(
-                "INSERT INTO events (stream_id, stream_version, event_id, event_type,"
-                " schema_version, payload, metadata)"
-                " VALUES ($1, 1, $2, $3, $4, $5::jsonb, $6::jsonb)",
-                e.stream_id,
-                e.event_id,
-                e.event_type,
-                e.schema_version,
-                _dumps(e.payload),
-                _dumps(e.metadata),
-            )
+            await self.pool.execute(INSERT_EVENT, *_row(e, 1))
 
         await _in_tasks(events, one)
 
@@ -200,43 +188,13 @@ class Bench:
                 await conn.copy_records_to_table(
                     "events",
                     columns=EVENT_COLUMNS,
-                    records=[
-                        (
-                            e.stream_id,
-                            1,
-                            e.event_id,
-                            e.event_type,
-                            e.schema_version,
-                            _dumps(e.payload),
-                            _dumps(e.metadata),
-                        )
-                        for e in events[start : start + COPY_BATCH]
-                    ],
+                    records=[_row(e, 1) for e in events[start : start + COPY_BATCH]],
                 )
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def run(server_url: str, n: int) -> None:
-    name = f"segue_bench_{secrets.token_hex(4)}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
-    try:
-        url = _with_database(server_url, name)
-        await migrate(url)
+    async with throwaway_database(server_url) as url:
         await measure(url, n)
-    finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def measure(url: str, n: int) -> None:
@@ -319,11 +277,7 @@ async def measure(url: str, n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("SEGUE_BENCH_DATABASE_URL", DEFAULT_URL),
-        help="a PostgreSQL server URL; a throw-away database is created on it",
-    )
+    add_url_argument(parser, help="a PostgreSQL server URL; a throw-away database is created on it")
     parser.add_argument("--events", type=int, default=20_000, help="events per method per run")
     args = parser.parse_args()
     asyncio.run(run(args.url, args.events))

@@ -57,11 +57,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import secrets
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -69,9 +64,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import numpy as np
 from numpy.typing import NDArray
 
@@ -88,12 +81,10 @@ from domain.simulator import (
     returns,
     slate_reward,
 )
-from gateway.auth import Scope, create_key
 from gateway.client import SegueClient, outcome
-from gateway.database import migrate
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = Path(__file__).resolve().parent / "out"
+from _common import OUT, add_url_argument, bench_key, serving, throwaway_database
+
 NAMESPACE = uuid.UUID("3f1c8a52-6e0b-4b9e-9d57-2a4f6c1e8b73")
 RANDOM, POPULARITY, POP_ALL, SEGUE, ORACLE = "random", "popularity", "pop-all", "segue", "oracle"
 ARMS = (RANDOM, POPULARITY, POP_ALL, SEGUE, ORACLE)
@@ -101,17 +92,6 @@ ARMS = (RANDOM, POPULARITY, POP_ALL, SEGUE, ORACLE)
 RESPOND, RETURN, SHUFFLE, ACTIVE, CONTENT = 1, 2, 3, 4, 5
 SKIP_MS = 5_000.0
 STREAM_MS = 95_000.0
-
-
-def with_db(url: str, name: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def generator(seed: int, stream: int, day: int, listener: int) -> np.random.Generator:
@@ -479,12 +459,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--url",
-        default=os.environ.get(
-            "SEGUE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_url_argument(ap)
     ap.add_argument("--quick", action="store_true", help="80 listeners, 300 items, 10 rounds")
     ap.add_argument("--listeners", type=int, default=200)
     ap.add_argument("--items", type=int, default=1000)
@@ -555,42 +530,19 @@ async def main() -> None:
         ORACLE: oracle_policy(world, arms[ORACLE], args.n),
     }
 
-    name = f"segue_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(args.url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_db(args.url, name)
-    port = free_port()
-    server: subprocess.Popen[bytes] | None = None
     started = time.perf_counter()
-    try:
+    async with throwaway_database(args.url) as url:
+        key = await bench_key(url)
         with tempfile.TemporaryDirectory(prefix="segue-closed-loop-") as data_dir:
-            await migrate(url)
-            conn = await asyncpg.connect(url)
-            _, key = await create_key(conn, "bench", frozenset(Scope))
-            await conn.close()
-            env = {
-                **os.environ,
-                "SEGUE_DATABASE_URL": url,
+            settings = {
                 "SEGUE_DATA_DIR": data_dir,
-                "SEGUE_LOG_LEVEL": "WARNING",
                 # The bench asks for builds itself, at the end of a day; no scheduled ones.
                 "SEGUE_INDEX_BUILD_INTERVAL_SECONDS": "86400",
                 "SEGUE_INDEX_MIN_NEW_EVENTS": "1000000000",
                 "SEGUE_RATE_LIMIT_PER_SECOND": "100000",
                 "SEGUE_RATE_LIMIT_BURST": "100000",
             }
-            server = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
-                [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-            )
-            async with SegueClient(f"http://127.0.0.1:{port}", key, timeout=120) as client:
-                deadline = time.monotonic() + 60
-                while not await client.ready():
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("gateway did not start")
-                    await asyncio.sleep(0.2)
+            async with serving(url, key, timeout=120, settings=settings) as client:
                 print(
                     "reward per slate, by round; Segue's slates: share in the oracle's slate, "
                     "slates explored (positions drawn at random), items already streamed, short "
@@ -639,12 +591,6 @@ async def main() -> None:
                         f"{served_index or '-':<22} {stats.seconds:>5.1f}",
                         flush=True,
                     )
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=60)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
     summarise(arms, args.rounds)
     plot(

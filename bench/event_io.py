@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -23,22 +22,15 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
 
 from domain.events import OutcomeKind, OutcomeRecorded, to_payload
-from gateway.database import migrate
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-ROOT = Path(__file__).resolve().parents[1]
+from _common import EVENT_COLUMNS, ROOT, add_url_argument, throwaway_database
+
 LISTENERS = 5000
-
-
-def with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 async def seed(url: str, n: int) -> None:
@@ -75,15 +67,7 @@ async def seed(url: str, n: int) -> None:
         await conn.copy_records_to_table(
             "events",
             records=rows,
-            columns=[
-                "stream_id",
-                "stream_version",
-                "event_id",
-                "event_type",
-                "schema_version",
-                "payload",
-                "metadata",
-            ],
+            columns=EVENT_COLUMNS,
         )
         await conn.execute(
             "INSERT INTO event_ids SELECT event_id, global_position, stream_id, stream_version "
@@ -132,23 +116,19 @@ def file_mib(path: str) -> float:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--url", default=os.environ.get("SEGUE_BENCH_DATABASE_URL", DEFAULT_URL))
+    add_url_argument(parser)
     parser.add_argument("--events", type=int, default=200_000)
     args = parser.parse_args()
-    admin = await asyncpg.connect(args.url)
-    names = []
-    try:
-        for n in (args.events // 4, args.events):
-            source, target = (f"segue_bench_{secrets.token_hex(4)}" for _ in range(2))
-            for name in (source, target):
-                names.append(name)
-                await admin.execute(f'CREATE DATABASE "{name}"')
-                await migrate(with_db(args.url, name))
-            await seed(with_db(args.url, source), n)
+    for n in (args.events // 4, args.events):
+        async with (
+            throwaway_database(args.url) as source,
+            throwaway_database(args.url) as target,
+        ):
+            await seed(source, n)
             with tempfile.TemporaryDirectory() as folder:
                 for fmt in ("jsonl", "parquet"):
                     path = str(Path(folder) / f"log.{fmt}")
-                    s, mib = segue(["export", "-o", path], with_db(args.url, source))
+                    s, mib = segue(["export", "-o", path], source)
                     size = file_mib(path)
                     print(
                         f"{n:>8} events  export {fmt:<7} {n / s:>9,.0f} events/s  "
@@ -157,16 +137,12 @@ async def main() -> None:
                 for fmt in ("jsonl", "parquet"):
                     path = str(Path(folder) / f"log.{fmt}")
                     # The second format re-imports the same events: all duplicates.
-                    s, mib = segue(["import", path], with_db(args.url, target))
+                    s, mib = segue(["import", path], target)
                     what = "import" if fmt == "jsonl" else "re-import"
                     print(
                         f"{n:>8} events  {what:<9} {fmt:<7} {n / s:>7,.0f} events/s  "
                         f"peak {mib:6.0f} MiB"
                     )
-    finally:
-        for name in names:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -14,83 +14,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import secrets
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from gateway.auth import Scope, create_key
-from gateway.client import SegueClient, outcome
-from gateway.database import migrate
+from gateway.client import outcome
 from gateway.projector import status
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def with_db(url: str, name: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from _common import add_url_argument, bench_key, quantile, serving, throwaway_database
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--url",
-        default=os.environ.get(
-            "SEGUE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_url_argument(ap)
     ap.add_argument("--rate", type=int, default=5000, help="outcomes per second")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--batch", type=int, default=100, help="outcomes per request")
     args = ap.parse_args()
 
-    name = f"segue_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(args.url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_db(args.url, name)
-    port = free_port()
-    server: subprocess.Popen[bytes] | None = None
-    try:
-        await migrate(url)
+    async with throwaway_database(args.url) as url:
+        key = await bench_key(url)
         conn = await asyncpg.connect(url)
-        _, key = await create_key(conn, "bench", frozenset(Scope))
-        env = {**os.environ, "SEGUE_DATABASE_URL": url, "SEGUE_LOG_LEVEL": "WARNING"}
-        server = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
         rng = random.Random(3)
-        async with SegueClient(base, key, timeout=60) as client:
-            deadline = time.monotonic() + 60
-            while not await client.ready():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("gateway did not start")
-                await asyncio.sleep(0.2)
+        async with serving(url, key, timeout=60, stop_timeout=30) as client:
             items = [{"item_id": f"it{i}", "kind": "track", "attributes": {}} for i in range(2000)]
             for i in range(0, len(items), 1000):
                 await client.upsert_items(items[i : i + 1000])
@@ -170,12 +120,6 @@ async def main() -> None:
                 f"({len(values)} samples; goal p99 < 1 s)"
             )
         await conn.close()
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -46,12 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
-import secrets
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -63,21 +58,19 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import numpy as np
 from numpy.typing import NDArray
 
 from domain.embeddings import AlsParams, fit_als
 from domain.events import OutcomeKind
 from domain.rewards import DEFAULT
-from gateway.auth import Scope, create_key
 from gateway.client import SegueClient, SegueError, outcome
-from gateway.database import migrate
 from gateway.indexes import IndexParams
+from gateway.wheels import fetch_wheel
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import add_url_argument, bench_key, quantile, serving, throwaway_database
+
 WHEEL = "recbole==1.2.1"
 INTER = "recbole/dataset_example/ml-100k/ml-100k.inter"
 ITEMS = "recbole/dataset_example/ml-100k/ml-100k.item"
@@ -109,15 +102,6 @@ class Score:
 
 
 # --- data ------------------------------------------------------------------------------------
-
-
-def fetch_wheel(folder: Path) -> Path:
-    """`pip download --no-deps recbole==1.2.1` into `folder`; the wheel's path."""
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), WHEEL],
-        check=True,
-    )
-    return next(folder.glob("recbole-*.whl"))
 
 
 def read_wheel(wheel: Path) -> tuple[list[Rating], dict[str, dict[str, Any]]]:
@@ -241,22 +225,6 @@ def factorisation(split: Split, params: AlsParams) -> dict[str, list[str]]:
 # --- the gateway -----------------------------------------------------------------------------
 
 
-def with_db(url: str, name: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def call(client: SegueClient, method: str, path: str, body: Any = None) -> Any:
     """One request, resent after a 429 or 503 (resending is always safe)."""
     for _ in range(50):
@@ -293,57 +261,18 @@ async def wait_for(
 
 
 async def through_gateway(split: Split, url: str, concurrency: int) -> GatewayRun:
-    name = f"segue_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    db = with_db(url, name)
-    port = free_port()
-    server: subprocess.Popen[bytes] | None = None
     timings: dict[str, float] = {}
-    try:
+    async with throwaway_database(url) as db:
+        key = await bench_key(db)
         with tempfile.TemporaryDirectory(prefix="segue-movielens-") as data_dir:
-            await migrate(db)
-            conn = await asyncpg.connect(db)
-            try:
-                _, key = await create_key(conn, "bench", frozenset(Scope))
-            finally:
-                await conn.close()
-            env = {
-                **os.environ,
-                "SEGUE_DATABASE_URL": db,
-                "SEGUE_DATA_DIR": data_dir,
-                "SEGUE_RUN_INDEX_BUILDER": "false",
-                "SEGUE_LOG_LEVEL": "WARNING",
-            }
-            server = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
-                [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-            )
-            async with SegueClient(f"http://127.0.0.1:{port}", key, timeout=120) as client:
-                run = await _drive(client, split, concurrency, timings)
-            server.terminate()
-            server.wait(timeout=60)
-            server = None
-        return run
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=60)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+            settings = {"SEGUE_DATA_DIR": data_dir, "SEGUE_RUN_INDEX_BUILDER": "false"}
+            async with serving(db, key, timeout=120, settings=settings) as client:
+                return await _drive(client, split, concurrency, timings)
 
 
 async def _drive(
     client: SegueClient, split: Split, concurrency: int, timings: dict[str, float]
 ) -> GatewayRun:
-    deadline = time.monotonic() + 60
-    while not await client.ready():
-        if time.monotonic() > deadline:
-            raise RuntimeError("gateway did not start")
-        await asyncio.sleep(0.2)
-
     started = time.perf_counter()
     catalogue = [
         {"item_id": item, "kind": "track", "attributes": attrs}
@@ -444,19 +373,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--url",
-        default=os.environ.get(
-            "SEGUE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_url_argument(ap)
     ap.add_argument("--wheel", type=Path, help="a downloaded recbole-1.2.1 wheel (else fetched)")
     ap.add_argument("--concurrency", type=int, default=8, help="recommendations in flight")
     args = ap.parse_args()
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="segue-ml100k-") as tmp:
-        wheel = args.wheel or fetch_wheel(Path(tmp))
+        wheel = args.wheel or fetch_wheel(Path(tmp), WHEEL)
         ratings, items = read_wheel(wheel)
     split = leave_last_out(ratings, items)
     fetched = time.perf_counter() - started

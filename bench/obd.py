@@ -25,18 +25,15 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import numpy as np
 
 from gateway.catalog import CatalogProjection
-from gateway.database import create_pool, migrate
+from gateway.database import create_pool
 from gateway.event_store import PostgresEventStore
 from gateway.obd import (
     best_items,
@@ -50,12 +47,7 @@ from gateway.obd import (
     write_target_csv,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def with_db(url: str, name: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
+from _common import ROOT, add_url_argument, throwaway_database
 
 
 def evaluate(url: str, args: list[str]) -> dict[str, object]:
@@ -77,12 +69,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--url",
-        default=os.environ.get(
-            "SEGUE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_url_argument(ap)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "segue")
     ap.add_argument("--policy", choices=["bts", "random"], default="bts")
     ap.add_argument("--campaign", choices=["all", "men", "women"], default="all")
@@ -92,12 +79,7 @@ async def main() -> None:
     wheel = fetch_wheel(args.cache)
     log = read_obd(wheel, args.policy, args.campaign)
     other = read_obd(wheel, "random" if args.policy == "bts" else "bts", args.campaign)
-    name = f"segue_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(args.url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_db(args.url, name)
-    try:
-        await migrate(url)
+    async with throwaway_database(args.url) as url:
         pool = await create_pool(url)
         store = PostgresEventStore(pool, inline=[CatalogProjection()])
         await store.start()
@@ -176,9 +158,6 @@ async def main() -> None:
                     print("DISAGREEMENTS:", problems)
                 print(f"max |segue - numpy| over estimates and bounds: {worst:.3e}")
         print(f"\nmax |segue - numpy| over all targets: {worst_all:.3e}")
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -16,88 +16,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import secrets
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
 
 from domain.events import OutcomeKind
 from domain.rewards import DEFAULT
-from gateway.database import migrate
 from gateway.projections import PROJECTIONS
 from gateway.projector import Runner, head
 
-KINDS = [k for k in OutcomeKind if k is not OutcomeKind.ACTIVE_DAY]
+from _common import EVENT_COLUMNS, add_url_argument, synthetic_log, throwaway_database
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def with_db(url: str, name: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
+def synthetic_rows(n: int) -> list[tuple[str, str, str]]:
+    """(stream_id, event_type, payload json) rows: ~9% slates of 10, the rest outcomes, one
+    every 5 s; an attributed outcome occurs up to 10 hours (and some days) after its slate."""
 
+    def attributed_at(rng: random.Random, t: datetime, served_at: datetime) -> datetime:
+        return served_at + timedelta(
+            minutes=rng.randint(0, 600), days=rng.choice([0, 0, 0, 1, 2, 9])
+        )
 
-def synthetic_log(n: int, seed: int = 1) -> list[tuple[str, str, str]]:
-    """(stream_id, event_type, payload json) rows: ~9% slates of 10, the rest outcomes."""
-    rng = random.Random(seed)
-    items = [f"it{i}" for i in range(20_000)]
-    users = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(50_000)]
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    recent: list[tuple[uuid.UUID, str, list[str], datetime]] = []
-    rows: list[tuple[str, str, str]] = []
-    for i in range(n):
-        t = start + timedelta(seconds=i * 5)
-        if i % 11 == 0 or not recent:
-            rid = uuid.UUID(int=rng.getrandbits(128))
-            user = rng.choice(users)
-            slate = rng.sample(items, 10)
-            recent.append((rid, user, slate, t))
-            if len(recent) > 500:
-                recent.pop(0)
-            payload = {
-                "recommendation_id": str(rid),
-                "user": user,
-                "surface": rng.choice(["home", "search", "podcasts"]),
-                "context": {},
-                "slate": [
-                    {"item_id": it, "position": p, "score": 0.0, "propensity": 0.1}
-                    for p, it in enumerate(slate)
-                ],
-                "policy": {"name": "uniform", "version": "1"},
-                "index_version": "none",
-                "requested_at": t.isoformat(),
-                "request": {"n": 10, "candidates": None, "exclude": [], "kinds": []},
-            }
-            rows.append(
-                (f"recommendation-{rid}", "RecommendationServed", orjson.dumps(payload).decode())
-            )
-            continue
-        kind = rng.choice(KINDS)
-        if rng.random() < 0.6:
-            rid, user, slate, served_at = rng.choice(recent)
-            item = rng.choice(slate)
-            rec: str | None = str(rid)
-            occurred = served_at + timedelta(
-                minutes=rng.randint(0, 600), days=rng.choice([0, 0, 0, 1, 2, 9])
-            )
-        else:
-            user, item, rec, occurred = rng.choice(users), rng.choice(items), None, t
-        payload2 = {
-            "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
-            "user": user,
-            "item_id": item,
-            "kind": kind.value,
-            "occurred_at": occurred.isoformat(),
-            "recommendation_id": rec,
-            "value": float(rng.randint(0, 60_000)),
-        }
-        rows.append((f"listener-{user}", "OutcomeRecorded", orjson.dumps(payload2).decode()))
-    return rows
+    return [
+        (stream, kind, orjson.dumps(payload).decode())
+        for _, _, stream, kind, payload in synthetic_log(
+            n, lambda i: START + timedelta(seconds=i * 5), attributed_at
+        )
+    ]
 
 
 def group_by_sql() -> str:
@@ -139,25 +91,15 @@ async def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--url",
-        default=os.environ.get(
-            "SEGUE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_url_argument(ap)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--batch-size", type=int, default=5000)
     args = ap.parse_args()
 
-    name = f"segue_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(args.url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_db(args.url, name)
-    try:
-        await migrate(url)
+    async with throwaway_database(args.url) as url:
         conn = await asyncpg.connect(url)
         print(f"generating {args.events:,} events ...", flush=True)
-        rows = synthetic_log(args.events)
+        rows = synthetic_rows(args.events)
         t0 = time.perf_counter()
         for i in range(0, len(rows), 50_000):
             chunk = rows[i : i + 50_000]
@@ -167,14 +109,7 @@ async def main() -> None:
                     (s, 1, uuid.uuid4(), t, 1 if t != "RecommendationServed" else 2, p)
                     for s, t, p in chunk
                 ],
-                columns=[
-                    "stream_id",
-                    "stream_version",
-                    "event_id",
-                    "event_type",
-                    "schema_version",
-                    "payload",
-                ],
+                columns=EVENT_COLUMNS[:-1],  # no metadata
             )
         await conn.execute("ANALYZE events")
         print(f"loaded in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -214,9 +149,6 @@ async def main() -> None:
         print(f"projector item rewards equal the statement's: {same} ({len(expected):,} items)")
         print(f"ratio rewards projector / GROUP BY: {sql_s / timings['rewards']:.3f} (goal >= 0.5)")
         await conn.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import secrets
 import statistics
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-
-from gateway.database import create_pool, migrate
+from gateway.database import create_pool
 from gateway.listeners import Pseudonyms
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+from _common import add_url_argument, throwaway_database
+
 ROUNDS = 5
 LISTENERS = 1000
 
@@ -86,20 +82,11 @@ async def run(url: str, calls: int) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--url", default=os.environ.get("SEGUE_BENCH_DATABASE_URL", DEFAULT_URL))
+    add_url_argument(parser)
     parser.add_argument("--calls", type=int, default=200_000)
     args = parser.parse_args()
-    name = f"segue_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(args.url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(args.url)
-    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-    try:
-        await migrate(url)
+    async with throwaway_database(args.url) as url:
         await run(url, args.calls)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import subprocess
-import sys
 import uuid
 import zipfile
 from collections.abc import Sequence
@@ -45,9 +43,9 @@ from domain.events import (
     SlateEntry,
     to_payload,
 )
+from gateway import wheels
 from gateway.store_api import NO_STREAM, EventStore, NewEvent
 
-WHEEL = "obp-0.4.1-py3-none-any.whl"
 POLICIES = ("random", "bts")
 CAMPAIGNS = ("all", "men", "women")
 NAMESPACE = uuid.UUID("2f1d8c4e-5a7b-4c3d-9e8f-0a1b2c3d4e5f")
@@ -57,20 +55,7 @@ SURFACE = "home"
 def fetch_wheel(cache: Path) -> Path:
     """The obp 0.4.1 wheel in `cache`, downloaded there (without dependencies) if missing.
     Raises RuntimeError if it cannot be downloaded."""
-    wheel = cache / WHEEL
-    if wheel.is_file():
-        return wheel
-    cache.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "obp==0.4.1", "-d", str(cache)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if result.returncode != 0 or not wheel.is_file():
-        raise RuntimeError(f"could not download obp==0.4.1: {result.stderr.strip()[-500:]}")
-    return wheel
+    return wheels.fetch_wheel(cache, "obp==0.4.1")
 
 
 @dataclass(frozen=True, slots=True)
