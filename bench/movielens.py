@@ -37,8 +37,13 @@ share of items the two top 10s have in common (the gateway fits on its own id or
 factors differ slightly).
 
 The policy is the one `SEGUE_POLICY_*` select in the bench's environment (the gateway inherits
-it). Items served during the run get reward posteriors (refreshed every 10 s) that move them up
-or down, so a slow run is scored on a slightly different ranking than a fast one.
+it). The training interactions are organic (no slate caused them), so no item has a reward
+posterior when the test requests begin; those requests then serve slates whose outcomes (the
+held-out items) are never reported, and a refresh in the middle of them would lower the items
+served so far (their posteriors narrow around zero, and optimism rewards width), so that a
+slow run would be scored on another ranking than a fast one. The bench's gateway therefore
+refreshes item scores once, at start (`SEGUE_SCORES_REFRESH_SECONDS`, default here 3600), and
+every listener is ranked on the same state: the one training left.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -265,7 +271,15 @@ async def through_gateway(split: Split, url: str, concurrency: int) -> GatewayRu
     async with throwaway_database(url) as db:
         key = await bench_key(db)
         with tempfile.TemporaryDirectory(prefix="segue-movielens-") as data_dir:
-            settings = {"SEGUE_DATA_DIR": data_dir, "SEGUE_RUN_INDEX_BUILDER": "false"}
+            settings = {
+                "SEGUE_DATA_DIR": data_dir,
+                "SEGUE_RUN_INDEX_BUILDER": "false",
+                # One refresh, at start, while nothing has been served: every listener is then
+                # ranked on the same posteriors (see the docstring).
+                "SEGUE_SCORES_REFRESH_SECONDS": os.environ.get(
+                    "SEGUE_SCORES_REFRESH_SECONDS", "3600"
+                ),
+            }
             async with serving(db, key, timeout=120, settings=settings) as client:
                 return await _drive(client, split, concurrency, timings)
 
