@@ -418,10 +418,10 @@ Press Ctrl+C to stop.
 def demo(host: str | None, port: int | None, items: int, users: int) -> None:
     """Seed a synthetic catalogue and listeners, create a key, print examples, and serve."""
     from gateway.app import create_app, utc_now
-    from gateway.appkeys import CATALOG, OUTCOMES, POOL
+    from gateway.appkeys import POOL
     from gateway.auth import Scope, create_key
     from gateway.database import migrate
-    from gateway.demo import demo_items, seed
+    from gateway.demo import DemoClock, demo_items, seed
 
     settings = _settings()
     _setup_logging(settings)
@@ -429,12 +429,24 @@ def demo(host: str | None, port: int | None, items: int, users: int) -> None:
     asyncio.run(migrate(url))
     host = host or settings.host
     port = port if port is not None else settings.port
-    app = create_app(settings, url)
+    # The demo serves its past days' slates while starting, with this clock set to each one's
+    # time; once it listens, the clock is the real one (decision 54).
+    clock = DemoClock(utc_now)
+    app = create_app(settings, url, clock=clock)
 
     async def seed_and_explain(app: web.Application) -> AsyncIterator[None]:
-        upserted, accepted = await seed(app[CATALOG], app[OUTCOMES], items, users, utc_now())
+        seeded = await seed(app, clock, items, users, utc_now())
         _, secret = await create_key(app[POOL], "demo", frozenset(Scope))
-        click.echo(f"seeded {upserted} items and {accepted} outcomes ({users} listeners)", err=True)
+        click.echo(
+            f"seeded {seeded.items} items and {seeded.outcomes} outcomes ({users} listeners)",
+            err=True,
+        )
+        if seeded.slates:
+            click.echo(
+                f"served {seeded.slates} slates over the last days through the policy, "
+                f"with {seeded.slate_outcomes} outcomes (for segue report and segue evaluate)",
+                err=True,
+            )
         click.echo(_examples(f"http://{host}:{port}", secret, demo_items(1)[0].item_id))
         yield
 
