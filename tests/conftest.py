@@ -122,6 +122,16 @@ async def empty_db_url(server_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """One connection to this test's database."""
+    c = await asyncpg.connect(db_url)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
 async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
     p = await create_pool(db_url, min_size=1, max_size=20)
     try:

@@ -8,7 +8,6 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,15 +30,6 @@ from tests.integration.projection_helpers import log_end
 pytestmark = pytest.mark.timeout(120)
 
 ITEMS, USERS = 200, 30
-
-
-@pytest.fixture
-async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(db_url)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_demo_seeds_served_slates_that_report_and_evaluate_show(

@@ -73,15 +73,6 @@ async def other_db_url(server_url: str, template_url: str) -> AsyncIterator[str]
         yield url
 
 
-@pytest.fixture
-async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(db_url)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
 async def seed_log(dsn: str, seed: int = 7) -> None:
     """Realistic traffic appended by concurrent writers through a store that keeps the
     catalogue, as the gateway's does; two listeners are forgotten, one of them then heard of

@@ -6,10 +6,8 @@ the same bytes."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from domain.events import ListenerForgotten, OutcomeRecorded
 from gateway.projections import PROJECTIONS
@@ -39,15 +37,6 @@ from tests.integration.projection_helpers import (
 
 SEED = 61
 REWARDS, LISTENERS = PROJECTIONS["rewards"], PROJECTIONS["listeners"]
-
-
-@pytest.fixture
-async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(db_url)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_forgetting_amid_traffic_matches_the_folds_and_a_rebuild(

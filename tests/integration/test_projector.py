@@ -96,15 +96,6 @@ async def _no_unhandled_loop_errors() -> AsyncIterator[None]:
         yield
 
 
-@pytest.fixture
-async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(db_url)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
 async def db_now(conn: asyncpg.Connection) -> datetime:
     now: datetime = await conn.fetchval("SELECT clock_timestamp()")
     return now

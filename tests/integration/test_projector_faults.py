@@ -65,15 +65,6 @@ async def _no_unhandled_loop_errors() -> AsyncIterator[None]:
         yield
 
 
-@pytest.fixture
-async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(db_url)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
 def segue_env(db_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
     return {
         **os.environ,

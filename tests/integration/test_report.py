@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
@@ -41,15 +40,6 @@ from tests.integration.projection_helpers import (
 )
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(db_url)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 class _Page(HTMLParser):
