@@ -444,8 +444,13 @@ BEGIN
             ALTER ROLE {ROLE} SET statement_timeout = '{STATEMENT_TIMEOUT}';
             ALTER ROLE {ROLE} SET idle_in_transaction_session_timeout
                 = '{IDLE_IN_TRANSACTION_TIMEOUT}';
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN
-            NULL;
+        EXCEPTION
+            WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'cannot create the analyst role {ROLE}: %', SQLERRM
+                    USING HINT = 'ALTER ROLE ' || current_user || ' CREATEROLE once, or have '
+                        'a superuser CREATE ROLE {ROLE} LOGIN first (deploy/README.md)';
         END;
     END IF;
 END
