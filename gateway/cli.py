@@ -8,7 +8,7 @@ import json
 import logging
 import multiprocessing
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +281,24 @@ def db() -> None:
     """Database migrations (Alembic; `alembic upgrade head` works too)."""
 
 
+@contextlib.contextmanager
+def _migration_errors() -> Iterator[None]:
+    """A migration that PostgreSQL refuses is its message (and hint), not a traceback
+    through Alembic and SQLAlchemy; the transaction was rolled back, so nothing is half done."""
+    import asyncpg
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (sqlalchemy.exc.DBAPIError, asyncpg.PostgresError) as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, asyncpg.PostgresError):
+            cause = cause.__cause__
+        if cause is None:
+            raise click.ClickException(f"migration failed: {exc}") from None
+        raise click.ClickException(f"migration failed, nothing changed: {cause}") from None
+
+
 @db.command("upgrade")
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
@@ -288,7 +306,8 @@ def db_upgrade(revision: str) -> None:
     from gateway.database import current_revision, migrate
 
     url = _database_url(_settings())
-    asyncio.run(migrate(url, revision))
+    with _migration_errors():
+        asyncio.run(migrate(url, revision))
     click.echo(f"at revision {asyncio.run(current_revision(url))}")
 
 
@@ -299,7 +318,8 @@ def db_downgrade(revision: str) -> None:
     from gateway.database import current_revision, migrate
 
     url = _database_url(_settings())
-    asyncio.run(migrate(url, revision, downgrade=True))
+    with _migration_errors():
+        asyncio.run(migrate(url, revision, downgrade=True))
     click.echo(f"at revision {asyncio.run(current_revision(url))}")
 
 

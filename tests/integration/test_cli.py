@@ -163,3 +163,26 @@ async def test_index_build_publishes_where_gateways_look(
     assert "published: 25 items" in result.stdout
     manifest = tmp_path / "index" / "manifest.json"
     assert manifest.exists()
+
+
+async def test_a_migration_postgresql_refuses_is_one_line_and_changes_nothing(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        # Something already in the way of the first migration.
+        await conn.execute("CREATE TABLE events (id int)")
+        env = {**os.environ, "SEGUE_DATABASE_URL": empty_db_url, "SEGUE_DATA_DIR": str(tmp_path)}
+        done = run(["db", "upgrade"], env)
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines()[-1] == (
+            'Error: migration failed, nothing changed: relation "events" already exists'
+        )
+        assert "Traceback" not in done.stderr
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
+            "'information_schema')"
+        )
+        assert [r[0] for r in tables] == ["events"]
+    finally:
+        await conn.close()
