@@ -65,7 +65,7 @@ def utc_now() -> datetime:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # The database may still be starting (a container, a failover): wait for it, bounded.
-    # Every statement on the pool is bounded too (decision 51): a server that accepts but does
+    # Every statement on the pool is bounded too (decision 50): a server that accepts but does
     # not answer makes a request a 503, not a hang.
     pool = await wait_for_database(
         "opening the connection pool",

@@ -450,7 +450,7 @@ def demo(host: str | None, port: int | None, items: int, users: int) -> None:
     host = host or settings.host
     port = port if port is not None else settings.port
     # The demo serves its past days' slates while starting, with this clock set to each one's
-    # time; once it listens, the clock is the real one (decision 54).
+    # time; once it listens, the clock is the real one (decision 53).
     clock = DemoClock(utc_now)
     app = create_app(settings, url, clock=clock)
 
