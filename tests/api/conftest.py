@@ -7,6 +7,7 @@ answer: status, `application/problem+json`, a stable `type`, a readable `detail`
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -291,3 +292,17 @@ async def api_no_scheduled_builds(db_url: str, all_scopes_key: str) -> AsyncIter
         ClientSession(timeout=ClientTimeout(total=60)) as session,
     ):
         yield Api(url, all_scopes_key, session)
+
+
+async def raw_http(base_url: str, request: bytes) -> bytes:
+    """Send bytes no HTTP client library would; return the whole answer."""
+    url = yarl.URL(base_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()

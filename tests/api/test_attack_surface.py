@@ -11,7 +11,6 @@ text the rules let through comes back byte for byte, and that what they refuse i
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -23,10 +22,9 @@ import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
-import yarl
 
 from gateway.problems import PROBLEM_JSON
-from tests.api.conftest import Api, Reply, expect_problem
+from tests.api.conftest import Api, Reply, expect_problem, raw_http
 from tests.conftest import unhandled_loop_errors_fail
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -657,20 +655,6 @@ async def test_hostile_authorization_is_401(api: Api, db: asyncpg.Connection, te
             continue
         expect_problem(reply, 401, "Authorization", kind="unauthorized")
     assert await db.fetchval("SELECT count(*) FROM events") == events
-
-
-async def raw_http(base_url: str, request: bytes) -> bytes:
-    """Send bytes no HTTP client library would; return the whole answer."""
-    url = yarl.URL(base_url)
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(10):
-            return await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 def _request(target: bytes, authorization: bytes) -> bytes:

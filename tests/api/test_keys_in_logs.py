@@ -4,31 +4,16 @@ upset the HTTP parser, and are asked for by a request that ends in an error."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import asyncpg
 import pytest
-import yarl
 from aiohttp import ClientSession
 
 from gateway.auth import Scope, create_key, revoke_key
-from tests.api.conftest import Api, serving
+from tests.api.conftest import Api, raw_http, serving
 
 JSON = "application/json"
-
-
-async def raw_http(base_url: str, request: bytes) -> bytes:
-    url = yarl.URL(base_url)
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(10):
-            return await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 async def test_no_key_is_ever_logged(db_url: str, caplog: pytest.LogCaptureFixture) -> None:

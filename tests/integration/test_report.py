@@ -67,19 +67,36 @@ class _Page(HTMLParser):
             self._in_h2 = False
 
 
-async def test_report_figures_match_the_folds_and_the_page_is_self_contained(
-    db_url: str, conn: asyncpg.Connection
+async def logged_traffic(
+    db_url: str,
+    conn: asyncpg.Connection,
+    seed: int,
+    *,
+    start: int,
+    days: int,
+    recommendations: int,
+    organic: int,
 ) -> None:
-    world = make_world(7, days_ago(12))
-    sequences = traffic(world, recommendations=90, organic_outcomes=40, changes=0, days=6)
+    """Seeded slates and outcomes over `days` days from `start` days ago, appended through the
+    event store, with the live rewards projection caught up with them."""
+    world = make_world(seed, days_ago(start))
+    sequences = traffic(
+        world, recommendations=recommendations, organic_outcomes=organic, changes=0, days=days
+    )
     runner = Runner(db_url, PROJECTIONS["rewards"], poll_seconds=0.01)
     async with running(runner) as tasks:
         written = Written()
-        await write_concurrently(db_url, [[catalogue(world)]], 7, written, raw_writers=0)
-        await write_concurrently(db_url, sequences, 7, written, store_writers=2, raw_writers=0)
+        await write_concurrently(db_url, [[catalogue(world)]], seed, written, raw_writers=0)
+        await write_concurrently(db_url, sequences, seed, written, store_writers=2, raw_writers=0)
         await runner.wait_for(await log_end(conn), timeout=40)
         alive(tasks)
-        data = await gather(conn)
+
+
+async def test_report_figures_match_the_folds_and_the_page_is_self_contained(
+    db_url: str, conn: asyncpg.Connection
+) -> None:
+    await logged_traffic(db_url, conn, 7, start=12, days=6, recommendations=90, organic=40)
+    data = await gather(conn)
 
     events = timed(await committed_events(conn))
     impressions = expected_rewards_tables(events)["impressions"]
@@ -150,15 +167,7 @@ async def test_report_on_an_empty_store_says_so(conn: asyncpg.Connection) -> Non
 async def test_segue_report_writes_the_page_with_the_evaluations_estimates(
     db_url: str, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    world = make_world(11, days_ago(9))
-    sequences = traffic(world, recommendations=60, organic_outcomes=10, changes=0, days=5)
-    runner = Runner(db_url, PROJECTIONS["rewards"], poll_seconds=0.01)
-    async with running(runner) as tasks:
-        written = Written()
-        await write_concurrently(db_url, [[catalogue(world)]], 11, written, raw_writers=0)
-        await write_concurrently(db_url, sequences, 11, written, store_writers=2, raw_writers=0)
-        await runner.wait_for(await log_end(conn), timeout=40)
-        alive(tasks)
+    await logged_traffic(db_url, conn, 11, start=9, days=5, recommendations=60, organic=10)
 
     env = {"SEGUE_DATABASE_URL": db_url, "SEGUE_DATA_DIR": str(tmp_path / "data")}
     out = tmp_path / "r.html"
