@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from gateway.access_log import RouteAccessLogger
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.api.test_attack_surface import raw_http
+from tests.api.conftest import raw_http
 
 
 async def test_unparseable_requests_are_logged_as_unmatched(
