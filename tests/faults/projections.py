@@ -8,6 +8,7 @@ import asyncpg
 from gateway.projections import PROJECTIONS
 from gateway.store_api import Position
 from tests.integration.projection_helpers import (
+    DEADLINE,
     assert_same_rows,
     build_from_zero,
     dump,
@@ -39,11 +40,14 @@ async def assert_equal_to_rebuilds(db_url: str, conn: asyncpg.Connection) -> int
     the number of events up to its checkpoint) and holds exactly what a version built from zero
     holds. Returns the number of events in the log."""
     count = int(await conn.fetchval("SELECT count(*) FROM events"))
+    # A soak leaves half a million events; the rewards fold catches up at ~10k events/s on two
+    # busy cores, so the rebuild's deadline grows with the log (2,000 events/s at worst).
+    deadline = max(DEADLINE, count / 2000)
     for r in await live(conn):
         position = Position(int(r["tx_id"]), r["global_position"])
         assert r["events_applied"] == await events_up_to(conn, position) == count, r["name"]
         projection = PROJECTIONS[r["name"]]
-        rebuilt = await build_from_zero(db_url, conn, projection)
+        rebuilt = await build_from_zero(db_url, conn, projection, deadline=deadline)
         assert_same_rows(
             await dump(conn, projection, r["schema_name"]),
             await dump(conn, projection, rebuilt.schema),

@@ -488,7 +488,11 @@ async def events_up_to(conn: Connection, position: Position) -> int:
 
 
 async def build_from_zero(
-    dsn: str, conn: Connection, projection: Projection, definition: RewardDefinition = DEFAULT
+    dsn: str,
+    conn: Connection,
+    projection: Projection,
+    definition: RewardDefinition = DEFAULT,
+    deadline: float = DEADLINE,
 ) -> Version:
     """A new version filled from position zero by a pinned runner, up to the current head; the
     live version is left alone (unlike `rebuild`, which swaps and drops it)."""
@@ -497,7 +501,9 @@ async def build_from_zero(
     async with running(runner) as tasks:
         target = await log_end(conn)
         await eventually(
-            lambda: holds(tasks, runner.position >= target), f"{projection.name} from zero"
+            lambda: holds(tasks, runner.position >= target),
+            f"{projection.name} from zero",
+            deadline,
         )
     return version
 
