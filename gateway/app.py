@@ -36,7 +36,7 @@ from gateway.appkeys import (
 )
 from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog, CatalogProjection
-from gateway.database import create_pool, wait_for_database
+from gateway.database import UNAVAILABLE_ERRORS, create_pool, wait_for_database
 from gateway.erasure import Erasure
 from gateway.event_store import PostgresEventStore
 from gateway.index_service import IndexService
@@ -48,7 +48,7 @@ from gateway.outcomes import OutcomeRecorder, SlateLookup
 from gateway.problems import UNAVAILABLE, problem_middleware
 from gateway.projector import Runner, all_projections
 from gateway.projector import status as projection_status
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import RateLimiter, SharedSpend
 from gateway.recommendations import Recommender
 from gateway.rewards_reader import LiveVersions, RewardsReader
 from gateway.routes import ENDPOINTS, setup_routes
@@ -127,7 +127,19 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[REWARDS] = RewardsReader(
         pool, app[VERSIONS], prior_timeout=settings.slow_query_timeout_seconds
     )
+    shared: SharedSpend | None = None
+    sharing: asyncio.Task[None] | None = None
+    if settings.rate_limit_sync_seconds > 0:
+        shared = SharedSpend(pool, app[LIMITER], every=settings.rate_limit_sync_seconds)
+        sharing = asyncio.create_task(shared.run(), name="rate-limit-sharing")
     yield
+    if shared is not None and sharing is not None:
+        sharing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sharing
+        # Leaving rows behind only costs others nothing: they stop growing, and are swept.
+        with contextlib.suppress(*UNAVAILABLE_ERRORS):
+            await shared.close()
 
 
 async def _projectors(app: web.Application) -> AsyncIterator[None]:

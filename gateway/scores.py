@@ -8,7 +8,6 @@ time-keyed deltas, so this is done every few seconds for all items at once, neve
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -21,8 +20,7 @@ import numpy as np
 
 from domain.longterm import observed_days, posterior
 from domain.reward_fold import day_number
-from gateway.backoff import Backoff
-from gateway.database import UNAVAILABLE_ERRORS
+from gateway.background import run_every
 from gateway.metrics import SCORES_REFRESHED
 from gateway.projections import q
 from gateway.rewards_reader import LiveVersions, fit_prior_at
@@ -138,17 +136,12 @@ class ItemScores:
     async def watch(self) -> None:
         """Refresh every `every` seconds for as long as the process runs; an outage or a bad
         refresh keeps the last scores and tries again, sooner while the database is away."""
-        backoff = Backoff(initial=min(self.every, 0.5), maximum=self.every)
-        while True:
-            try:
-                await self.refresh()
-            except UNAVAILABLE_ERRORS as exc:
-                wait = backoff.next()
-                log.warning("could not refresh item scores: %r; retrying in %.1f s", exc, wait)
-                await asyncio.sleep(wait)
-                continue
-            except Exception:  # the last scores stay in use; a dead refresher would freeze them
-                log.exception("could not refresh item scores")
-            else:
-                backoff.reset()
-            await asyncio.sleep(self.every)
+        # The last scores stay in use meanwhile; a dead refresher would freeze them.
+        await run_every(
+            self.every,
+            self.refresh,
+            "refresh item scores",
+            log,
+            initial=min(self.every, 0.5),
+            maximum=self.every,
+        )

@@ -85,10 +85,17 @@ class Settings(BaseSettings):
         default=10.0, description="How often each process re-reads every item's reward posterior"
     )
     rate_limit_per_second: Annotated[float, Field(gt=0)] = Field(
-        default=500.0, description="Requests per second per API key, per gateway process"
+        default=500.0,
+        description="Requests per second per API key, across the gateway processes sharing "
+        "the database (each process alone when rate_limit_sync_seconds is 0)",
     )
     rate_limit_burst: Annotated[float, Field(ge=1)] = Field(
         default=1000.0, description="Requests a key may make at once before being limited"
+    )
+    rate_limit_sync_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=0.25,
+        description="How often each process shares its rate-limit spending with the others "
+        "(0: every process limits alone)",
     )
     policy_optimism: Annotated[float, Field(ge=0)] = Field(
         default=_POLICY.optimism,

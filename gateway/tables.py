@@ -111,6 +111,19 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
 )
 
+# Each gateway process's running count of requests granted per API key, read by the others so
+# that a key's rate limit holds across processes (gateway.ratelimit.SharedSpend). Unlogged:
+# losing a second of counts in a crash costs nothing worth a WAL write per sync.
+rate_limit_spend = sa.Table(
+    "rate_limit_spend",
+    metadata,
+    sa.Column("process_id", pg.UUID, primary_key=True),
+    sa.Column("key_id", sa.Text, primary_key=True),
+    sa.Column("spent", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    prefixes=["UNLOGGED"],
+)
+
 # The live catalogue, kept by the append transaction that records ItemUpserted/ItemRetired, so a
 # request can be answered from an item the moment its upsert was acknowledged.
 catalog_items = sa.Table(

@@ -61,6 +61,18 @@ async def gateway(env: dict[str, str], port: int) -> AsyncIterator[str]:
         assert proc.returncode == 0, err.decode()
 
 
+async def all_ready(http: aiohttp.ClientSession, urls: list[str]) -> bool:
+    """Every gateway answers /readyz with 200."""
+    for url in urls:
+        try:
+            async with http.get(url + "/readyz") as resp:
+                if resp.status != 200:
+                    return False
+        except aiohttp.ClientConnectionError:
+            return False
+    return True
+
+
 async def until(check: Callable[[], Awaitable[T]], what: str, seconds: float = 30.0) -> T:
     """The first truthy value `check` gives, polled until `seconds` have passed."""
     deadline = time.monotonic() + seconds
@@ -101,16 +113,6 @@ async def test_every_process_swaps_a_new_index_under_load(db_url: str, tmp_path:
     ):
         urls = [url0, url1]
 
-        async def ready() -> bool:
-            for url in urls:
-                try:
-                    async with http.get(url + "/readyz") as resp:
-                        if resp.status != 200:
-                            return False
-                except aiohttp.ClientConnectionError:
-                    return False
-            return True
-
         async def served_index(g: int) -> str | None:
             async with http.get(urls[g] + "/v1/admin/status") as resp:
                 assert resp.status == 200
@@ -126,7 +128,7 @@ async def test_every_process_swaps_a_new_index_under_load(db_url: str, tmp_path:
             async with http.post(url0 + "/v1/admin/index/rebuild") as resp:
                 assert resp.status == 202, await resp.text()
 
-        await until(ready, "both gateways to be ready", seconds=60)
+        await until(lambda: all_ready(http, urls), "both gateways to be ready", seconds=60)
         items = [{"item_id": f"it{i}", "kind": "track", "attributes": {}} for i in range(60)]
         async with http.post(url0 + "/v1/items", json={"items": items}) as resp:
             assert resp.status == 200
