@@ -112,7 +112,8 @@ def _load(target: str, reward: str, filters: Any, params: Any) -> Any:
     import asyncpg
 
     from gateway.cli import _database_url, _settings
-    from gateway.evaluation import EvaluationError, Request, load_rounds
+    from gateway.evaluation import Request, load_rounds
+    from gateway.evaluation_log import EvaluationError
 
     if target not in ("uniform", "current") and not Path(target).is_file():
         raise click.BadParameter(
@@ -170,7 +171,8 @@ def evaluate(
 ) -> None:
     """Estimate how the target policy would have done on the logged slates (replay, IPW,
     self-normalised IPW, direct method, doubly robust, switch-DR; values per served position)."""
-    from gateway.evaluation import Filters, evaluation_of
+    from gateway.evaluation import evaluation_of
+    from gateway.evaluation_log import Filters
 
     config = _config(
         clip=clip,
@@ -280,7 +282,8 @@ def replay(
 ) -> None:
     """Re-run the logged requests through another policy: how its slates differ from the logged
     ones (overlap@k, items gained and lost) and the estimated change in value per position."""
-    from gateway.evaluation import Filters, replay_of
+    from gateway.evaluation import replay_of
+    from gateway.evaluation_log import Filters
 
     if target == "uniform":
         raise click.BadParameter(

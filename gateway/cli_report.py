@@ -56,7 +56,8 @@ def report(
 
     from domain.ope import OpeConfig
     from gateway.cli import _database_url, _settings
-    from gateway.evaluation import EvaluationError, Filters, Request, evaluate_log
+    from gateway.evaluation import Request, evaluate_log
+    from gateway.evaluation_log import EvaluationError, Filters
     from gateway.report import EstimateRow, gather, render
 
     for target in targets:

@@ -1,5 +1,7 @@
-"""Off-policy evaluation of the log: read the served slates and their rewards, describe a target
-policy at every logged (slate, position), and hand both to `domain.ope`.
+"""Off-policy evaluation of the log: read the served slates and their rewards
+(`gateway.evaluation_log`), describe a target policy at every logged (slate, position)
+(`gateway.evaluation_targets`), and hand both to `domain.ope`; this module turns them into rounds,
+estimates and replay reports, and is what the CLI and the report call.
 
 The reward of a served position is its reward definition's weighted sum of the outcomes
 attributed to that (recommendation, item), found by running the rewards projection's own fold
@@ -20,22 +22,16 @@ Targets:
 
 from __future__ import annotations
 
-import csv
 import math
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import Protocol
-from uuid import UUID
 
 import asyncpg
 import numpy as np
-import orjson
 
-from domain.events import OutcomeKind, RecommendationServed
 from domain.ope import (
     Estimate,
     LoggedRounds,
@@ -45,352 +41,19 @@ from domain.ope import (
     evaluate,
     evaluate_difference,
     on_policy,
-    policy_marginals,
 )
-from domain.ranking import Candidate, PolicyParams, blend_greedy, greedy
-from domain.reward_fold import RewardChanges, RewardState, fold
-from domain.rewards import DEFAULT, RewardDefinition
-from domain.upcasting import decode
-from gateway.catalog import Catalog
+from domain.ranking import PolicyParams
 from gateway.database import create_pool
-from gateway.event_store import PostgresEventStore
-from gateway.indexes import IndexHolder
-from gateway.listeners import Pseudonyms
-from gateway.projector import live_version, load_definition
-from gateway.recommendations import Recommender, allowed_kinds
-from gateway.rewards_reader import LiveVersions
-from gateway.schemas import ItemKind, Surface
-from gateway.scores import ItemScores
+from gateway.evaluation_log import (
+    EvaluationError,
+    Filters,
+    LoggedSlate,
+    read_log,
+    reward_definition,
+)
+from gateway.evaluation_targets import CsvTarget, Target, UniformTarget, current_target
 
 Progress = Callable[[int, int], None]  # (events read so far, events in all)
-TOLERANCE = 1e-6  # how far a CSV distribution's total may be from 1
-
-
-class EvaluationError(ValueError):
-    """Input that cannot be evaluated; the message says what and where."""
-
-
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """Which slates to evaluate: by surface and by the time they were served ([since, until))."""
-
-    surface: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-    def describe(self) -> str:
-        parts = [
-            f"surface {self.surface}" if self.surface else "",
-            f"since {self.since.isoformat()}" if self.since else "",
-            f"until {self.until.isoformat()}" if self.until else "",
-        ]
-        return ", ".join(p for p in parts if p) or "(the log holds none)"
-
-    def keeps(self, e: RecommendationServed) -> bool:
-        if self.surface is not None and e.surface != self.surface:
-            return False
-        if self.since is not None and e.requested_at < self.since:
-            return False
-        return self.until is None or e.requested_at < self.until
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedSlate:
-    event: RecommendationServed
-    rewards: tuple[float, ...]  # one per slate entry, in slate order
-
-
-# --- rewards ----------------------------------------------------------------------------------
-
-
-async def reward_definition(conn: asyncpg.Connection, spec: str) -> RewardDefinition:
-    """`spec` as a reward: an outcome kind, a JSON file holding a definition, or the version of a
-    definition stored in `reward_definitions`."""
-    live = await live_version(conn, "rewards")
-    windows = (live.definition if live is not None else DEFAULT).windows
-    if spec in set(OutcomeKind):
-        kind = OutcomeKind(spec)
-        return RewardDefinition(
-            version=f"outcome:{kind.value}",
-            weights={kind: Decimal(1)},
-            windows=dict(windows),
-        )
-    from_file = _definition_file(spec)
-    if from_file is not None:
-        return from_file
-    try:
-        return await load_definition(conn, spec)
-    except LookupError:
-        kinds = ", ".join(k.value for k in OutcomeKind)
-        raise EvaluationError(
-            f"{spec!r} is neither an outcome kind ({kinds}), a JSON file, "
-            "nor a stored reward definition version"
-        ) from None
-
-
-def _definition_file(spec: str) -> RewardDefinition | None:
-    """The definition in file `spec`, or None when `spec` names no file (nor a .json)."""
-    path = Path(spec)
-    if path.suffix != ".json" and not path.is_file():
-        return None
-    try:
-        return RewardDefinition.from_json(orjson.loads(path.read_bytes()))
-    except OSError as exc:
-        raise EvaluationError(f"cannot read {spec}: {exc.strerror}") from None
-    except (ValueError, TypeError) as exc:
-        raise EvaluationError(f"{spec}: {exc}") from None
-
-
-# --- reading the log --------------------------------------------------------------------------
-
-_WHERE = """
-WHERE event_type = 'RecommendationServed'
-   OR (event_type = 'OutcomeRecorded' AND payload->>'recommendation_id' IS NOT NULL)
-"""
-
-
-async def read_log(
-    conn: asyncpg.Connection,
-    filters: Filters,
-    definition: RewardDefinition,
-    progress: Progress | None = None,
-    batch: int = 5000,
-) -> list[LoggedSlate]:
-    """The slates that pass `filters`, in log order, each position with its reward under
-    `definition` (outcomes attributed by the rewards fold's rules)."""
-    total = int(await conn.fetchval(f"SELECT count(*) FROM events {_WHERE}"))
-    state, changes = RewardState(), RewardChanges()
-    kept: list[RecommendationServed] = []
-    done = 0
-    async with conn.transaction(readonly=True, isolation="repeatable_read"):
-        cursor = conn.cursor(
-            "SELECT event_type, schema_version, payload::text, recorded_at FROM events "
-            f"{_WHERE} ORDER BY events.tx_id, events.global_position",
-            prefetch=batch,
-        )
-        chunk = []
-        async for row in cursor:
-            event = decode(row[0], row[1], orjson.loads(row[2]))
-            done += 1
-            if isinstance(event, RecommendationServed):
-                if not filters.keeps(event):
-                    continue  # its outcomes then find no slate and are not attributed
-                kept.append(event)
-            chunk.append((row[3], event))
-            if len(chunk) == batch:
-                fold(state, changes, chunk, definition)
-                chunk = []
-                if progress is not None:
-                    progress(done, total)
-        fold(state, changes, chunk, definition)
-    if progress is not None:
-        progress(total, total)
-    return [
-        LoggedSlate(
-            e,
-            tuple(
-                float(state.impressions.get((e.recommendation_id, s.item_id), 0)) for s in e.slate
-            ),
-        )
-        for e in kept
-    ]
-
-
-# --- targets ----------------------------------------------------------------------------------
-
-# At one position: the items carrying uniform mass (or None), that mass per item, point masses.
-PositionTarget = tuple[tuple[str, ...] | None, float, dict[str, float]]
-EMPTY: PositionTarget = (None, 0.0, {})
-
-
-@dataclass(frozen=True, slots=True)
-class SlateTarget:
-    """A target at every position of one logged request, and the slate it would most likely
-    have served (None when no slate is likelier than another, as under `uniform`)."""
-
-    positions: Sequence[PositionTarget]
-    top: list[str] | None
-
-    def at(self, position: int) -> PositionTarget:
-        return self.positions[position] if position < len(self.positions) else EMPTY
-
-
-class Target(Protocol):
-    name: str
-
-    async def slate(self, served: RecommendationServed) -> SlateTarget: ...
-
-
-def _most_likely(dist: dict[str, float]) -> str | None:
-    if not dist:
-        return None
-    return min(dist, key=lambda item: (-dist[item], item))
-
-
-class UniformTarget:
-    """A uniform slate of what the request allows in today's live catalogue."""
-
-    name = "uniform"
-
-    def __init__(self, live: dict[str, str]) -> None:
-        self._live = live  # item -> kind
-        self._supports: dict[tuple[object, ...], tuple[str, ...]] = {}
-
-    @staticmethod
-    async def load(conn: asyncpg.Connection) -> UniformTarget:
-        rows = await conn.fetch("SELECT item_id, kind FROM catalog_items WHERE NOT retired")
-        return UniformTarget({r[0]: r[1] for r in rows})
-
-    def eligible(self, served: RecommendationServed) -> tuple[str, ...]:
-        key = (served.surface, served.kinds, served.exclude, served.candidates)
-        hit = self._supports.get(key)
-        if hit is not None:
-            return hit
-        try:
-            surface = Surface(served.surface)
-            kinds = allowed_kinds(surface, [ItemKind(k) for k in served.kinds])
-        except ValueError:
-            kinds = None  # a discovery set, or a surface this code no longer has: any kind
-        excluded = set(served.exclude)
-        pool = served.candidates if served.candidates is not None else self._live
-        items = tuple(
-            i
-            for i in dict.fromkeys(pool)
-            if i in self._live and i not in excluded and (kinds is None or self._live[i] in kinds)
-        )
-        self._supports[key] = items
-        return items
-
-    async def slate(self, served: RecommendationServed) -> SlateTarget:
-        items = self.eligible(served)
-        if not items:
-            return SlateTarget([], None)
-        at: PositionTarget = (items, 1.0 / len(items), {})
-        return SlateTarget([at] * min(served.n, len(items)), None)
-
-
-class CsvTarget:
-    """A target read from CSV: per position for every request, or per logged slate."""
-
-    def __init__(
-        self,
-        name: str,
-        per_position: dict[int, dict[str, float]] | None,
-        per_slate: dict[UUID, dict[int, dict[str, float]]] | None,
-    ) -> None:
-        self.name = name
-        self._per_position = per_position
-        self._per_slate = per_slate
-
-    @staticmethod
-    def read(path: Path) -> CsvTarget:
-        """Parse and check the file; raises EvaluationError naming the line at fault."""
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise EvaluationError(f"cannot read {path}: {exc}") from None
-        reader = csv.DictReader(text.splitlines())
-        header = [h.strip() for h in reader.fieldnames or []]
-        by_slate = header == ["recommendation_id", "item_id", "position", "probability"]
-        if not by_slate and header != ["item_id", "position", "probability"]:
-            raise EvaluationError(
-                f"{path}: the header must be item_id,position,probability or "
-                "recommendation_id,item_id,position,probability"
-            )
-        dists: dict[tuple[UUID | None, int], dict[str, float]] = defaultdict(dict)
-        for line, row in enumerate(reader, start=2):
-            try:
-                values = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-                rec = UUID(values["recommendation_id"]) if by_slate else None
-                item = values["item_id"]
-                position = int(values["position"])
-                probability = float(values["probability"])
-            except (ValueError, KeyError, AttributeError) as exc:
-                raise EvaluationError(f"{path}:{line}: {exc}") from None
-            if not item:
-                raise EvaluationError(f"{path}:{line}: empty item_id")
-            if position < 0:
-                raise EvaluationError(f"{path}:{line}: positions are 0-based, not {position}")
-            if not (math.isfinite(probability) and 0.0 <= probability <= 1.0):
-                raise EvaluationError(f"{path}:{line}: probability {probability} not in [0, 1]")
-            dist = dists[(rec, position)]
-            if item in dist:
-                raise EvaluationError(f"{path}:{line}: {item} at position {position} repeated")
-            dist[item] = probability
-        if not dists:
-            raise EvaluationError(f"{path}: no rows")
-        for (rec, position), dist in dists.items():
-            total = sum(dist.values())
-            if abs(total - 1.0) > TOLERANCE:
-                where = f"recommendation {rec}, " if rec is not None else ""
-                raise EvaluationError(
-                    f"{path}: the probabilities of {where}position {position} add up to "
-                    f"{total:.6g}, not 1"
-                )
-        if by_slate:
-            per_slate: dict[UUID, dict[int, dict[str, float]]] = defaultdict(dict)
-            for (rec, k), d in dists.items():
-                assert rec is not None
-                per_slate[rec][k] = d
-            return CsvTarget(str(path), None, dict(per_slate))
-        return CsvTarget(str(path), {k: d for (_, k), d in dists.items()}, None)
-
-    async def slate(self, served: RecommendationServed) -> SlateTarget:
-        logged = {s.position for s in served.slate}
-        if self._per_position is not None:
-            given = self._per_position
-        else:
-            assert self._per_slate is not None
-            given = self._per_slate.get(served.recommendation_id, {})
-        missing = sorted(logged - set(given))
-        if missing:
-            rec = served.recommendation_id
-            whose = "" if self._per_slate is None else f" for recommendation {rec}"
-            raise EvaluationError(
-                f"{self.name} gives no distribution{whose} at position {missing[0]}, "
-                "which the log served"
-            )
-        size = max(given, default=-1) + 1
-        positions = [(None, 0.0, given.get(k, {})) for k in range(size)]
-        top = [_most_likely(d) for _, _, d in positions]
-        return SlateTarget(positions, [t for t in top if t is not None])
-
-
-class CurrentTarget:
-    """Segue's policy with `params`, re-run on each logged request."""
-
-    def __init__(self, recommender: Recommender, params: PolicyParams) -> None:
-        self.name = f"current ({params.name} {params.version})"
-        self._recommender = recommender
-        self._params = params
-
-    async def slate(self, served: RecommendationServed) -> SlateTarget:
-        try:
-            lists = await self._recommender.candidates_for(served)
-        except ValueError as exc:  # a surface or kind this code no longer knows
-            raise EvaluationError(
-                f"cannot re-run recommendation {served.recommendation_id}: {exc}"
-            ) from None
-        pool: dict[str, Candidate] = {}
-        for candidates in lists:
-            for c in candidates:
-                pool.setdefault(c.item_id, c)
-        if not pool:
-            return SlateTarget([], [])
-        chosen = (
-            blend_greedy(lists, served.n, self._params)
-            if served.members
-            else greedy(list(pool.values()), served.n, self._params)
-        )
-        top = [c.item_id for c, _ in chosen]
-        support = tuple(pool)
-        positions: list[PositionTarget] = []
-        for k in range(len(top)):
-            density, extras = policy_marginals(top, len(pool), k, self._params)
-            positions.append((support, density, extras))
-        return SlateTarget(positions, top)
-
-
 # --- from the log to rounds -------------------------------------------------------------------
 
 
@@ -628,28 +291,6 @@ async def load_rounds(
     else:
         rounds = await build_rounds(slates, target, progress("slates") if progress else None)
     return rounds, target.name, definition.version
-
-
-async def current_target(pool: asyncpg.Pool, index_root: Path, params: PolicyParams) -> Target:
-    """Segue's policy as it would rank now: today's index, item scores and catalogue."""
-    store = PostgresEventStore(pool)  # never started: re-running a request appends nothing
-    versions = LiveVersions(pool)
-    scores = ItemScores(pool, versions)
-    await scores.refresh()
-    index = IndexHolder(index_root)
-    await index.refresh()
-    recommender = Recommender(
-        pool,
-        store,
-        Catalog(pool, store, cache_seconds=3600.0),
-        Pseudonyms(pool),
-        lambda: datetime.now(UTC),
-        index,
-        scores,
-        versions,
-        params,
-    )
-    return CurrentTarget(recommender, params)
 
 
 async def evaluate_log(

@@ -32,7 +32,8 @@ from domain.ope import OpeConfig
 from domain.rewards import RewardDefinition
 from gateway.catalog import CatalogProjection
 from gateway.cli import main
-from gateway.evaluation import Filters, Request, evaluate_log, replay_log
+from gateway.evaluation import Request, evaluate_log, replay_log
+from gateway.evaluation_log import Filters
 from gateway.event_store import PostgresEventStore
 from gateway.projector import save_definition
 from gateway.recommendations import tiebreak

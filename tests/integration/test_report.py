@@ -19,7 +19,8 @@ from domain.ope import OpeConfig
 from domain.ranking import PolicyParams
 from domain.reward_fold import day_number
 from gateway.cli import main
-from gateway.evaluation import Filters, Request, evaluate_log
+from gateway.evaluation import Request, evaluate_log
+from gateway.evaluation_log import Filters
 from gateway.projections import PROJECTIONS
 from gateway.projector import Runner
 from gateway.report import EstimateRow, gather, render
