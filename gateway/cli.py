@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import multiprocessing
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -97,22 +96,10 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     if workers == 1:
         _run_worker(settings, url, host, port, reuse_port=False)
         return
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_run_worker, args=(settings, url, host, port, True), daemon=False)
-        for _ in range(workers)
-    ]
-    for p in procs:
-        p.start()
+    from gateway.supervisor import supervise
+
     click.echo(f"======== {workers} workers on http://{host}:{port} ========")
-    try:
-        for p in procs:
-            p.join()
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.join()
+    sys.exit(supervise(_run_worker, (settings, url, host, port, True), workers))
 
 
 # --- projections ----------------------------------------------------------------------------
