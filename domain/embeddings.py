@@ -9,15 +9,25 @@ Alternating least squares solves, for each listener u,
 using only the items u touched (the Y^T Y term is shared), then the same for items. Seeded, so a
 build is reproducible. A new listener gets the confidence-weighted mean of the vectors of what
 they touched, or nothing (then the policy falls back to reward-based candidates).
+
+Two solvers fit that same model. `implicit` (the default) is the `implicit` library's conjugate
+gradient ALS in float32, multi-threaded; `numpy` is the exact solve above, one row at a time, kept
+as the reference the library is checked against. `bench/als_libraries.py` chose between them:
+on MovieLens-100K both give the same HR@10, and the library fits about 8 times faster (docs/
+decisions.md 58).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from implicit.cpu.als import AlternatingLeastSquares
 from numpy.typing import NDArray
+from scipy.sparse import csr_matrix
+from threadpoolctl import threadpool_limits
 
 Matrix = NDArray[np.float64]
 
@@ -37,6 +47,7 @@ class AlsParams:
     regularization: float = 10.0
     alpha: float = 2.0
     seed: int = 42
+    solver: Literal["implicit", "numpy"] = "implicit"
 
 
 def confidence(weights: NDArray[np.float64], alpha: float) -> NDArray[np.float64]:
@@ -90,6 +101,19 @@ def fit_als(
     params: AlsParams = AlsParams(),
 ) -> Factors:
     """Factorise the sparse matrix given as (user, item, weight) triples of dense indices."""
+    if params.solver == "implicit":
+        return _fit_implicit(user_idx, item_idx, weights, n_users, n_items, params)
+    return _fit_numpy(user_idx, item_idx, weights, n_users, n_items, params)
+
+
+def _fit_numpy(
+    user_idx: NDArray[np.int64],
+    item_idx: NDArray[np.int64],
+    weights: NDArray[np.float64],
+    n_users: int,
+    n_items: int,
+    params: AlsParams,
+) -> Factors:
     rng = np.random.default_rng(params.seed)
     conf = confidence(weights, params.alpha)
     pref = (weights > 0).astype(np.float64)
@@ -101,6 +125,48 @@ def fit_als(
     for _ in range(params.iterations):
         x = _solve_side(y, users, params.regularization)
         y = _solve_side(x, items, params.regularization)
+    return Factors(users=x, items=y)
+
+
+def _fit_implicit(
+    user_idx: NDArray[np.int64],
+    item_idx: NDArray[np.int64],
+    weights: NDArray[np.float64],
+    n_users: int,
+    n_items: int,
+    params: AlsParams,
+) -> Factors:
+    # The library takes the confidence itself as the matrix value (alpha 1) and reads every
+    # stored value as a preference of 1, so only positive weights are given: a weight <= 0 has
+    # confidence 1 and preference 0 in the model, exactly what an absent entry has.
+    liked = weights > 0
+    matrix = csr_matrix(
+        (confidence(weights[liked], params.alpha), (user_idx[liked], item_idx[liked])),
+        shape=(n_users, n_items),
+        dtype=np.float32,
+    )
+    # BLAS threads fight the library's own row threads (it warns when built, and fits ~10 x
+    # slower), so both the model and its fit see one BLAS thread.
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=params.factors,
+            regularization=params.regularization,
+            alpha=1.0,
+            dtype=np.float32,
+            use_cg=True,
+            iterations=params.iterations,
+            # One thread: a build runs beside the requests of the same process, and one thread
+            # is already ~8 x the numpy solve (two gave ~9 x on two cores).
+            num_threads=1,
+            random_state=params.seed,
+        )
+        model.fit(matrix, show_progress=False)
+    x = np.asarray(model.user_factors, dtype=np.float64)
+    y = np.asarray(model.item_factors, dtype=np.float64)
+    # Conjugate gradient from random starting factors leaves a row with no data near zero but
+    # not at it; the exact solve gives zero, which is what "knows nothing" must be.
+    x[np.diff(matrix.indptr) == 0] = 0.0
+    y[np.bincount(matrix.indices, minlength=n_items) == 0] = 0.0
     return Factors(users=x, items=y)
 
 

@@ -198,6 +198,7 @@ def build(data: TrainingData, folder: Path, version: str, params: IndexParams) -
             "iterations": params.als.iterations,
             "regularization": params.als.regularization,
             "alpha": params.als.alpha,
+            "solver": params.als.solver,
             "content_weight": params.content_weight,
             "dimensions": dims,
         },
