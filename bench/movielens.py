@@ -201,8 +201,19 @@ def popularity(split: Split) -> dict[str, list[str]]:
     return out
 
 
-def factorisation(split: Split, params: AlsParams) -> dict[str, list[str]]:
-    """`fit_als` on the same weights the gateway learns from, ranked exactly, seen excluded."""
+@dataclass(frozen=True)
+class Matrix:
+    """The training interactions as (user, item, weight) triples of dense indices."""
+
+    rows: NDArray[np.int64]
+    cols: NDArray[np.int64]
+    weights: NDArray[np.float64]
+    users: list[str]
+    items: list[str]
+
+
+def training_matrix(split: Split) -> Matrix:
+    """The same weights the gateway learns from (`affinity_weight` summed per user and item)."""
     users = sorted({r.user for r in split.train})
     items = sorted(split.items)
     u_row = {u: i for i, u in enumerate(users)}
@@ -211,12 +222,20 @@ def factorisation(split: Split, params: AlsParams) -> dict[str, list[str]]:
     for r in split.train:
         key = (u_row[r.user], i_row[r.item])
         weights[key] = weights.get(key, 0.0) + affinity_weight(r)
-    rows = np.array([k[0] for k in weights], dtype=np.int64)
-    cols = np.array([k[1] for k in weights], dtype=np.int64)
-    w = np.array(list(weights.values()), dtype=np.float64)
-    factors = fit_als(rows, cols, w, len(users), len(items), params)
-    scores: NDArray[np.float64] = factors.users @ factors.items.T
-    scores[rows, cols] = -np.inf
+    return Matrix(
+        np.array([k[0] for k in weights], dtype=np.int64),
+        np.array([k[1] for k in weights], dtype=np.int64),
+        np.array(list(weights.values()), dtype=np.float64),
+        users,
+        items,
+    )
+
+
+def top_k(scores: NDArray[np.float64], m: Matrix, split: Split) -> dict[str, list[str]]:
+    """Each held-out user's K best items by `scores`, what they rated in training excluded."""
+    scores = scores.copy()
+    scores[m.rows, m.cols] = -np.inf
+    u_row = {u: i for i, u in enumerate(m.users)}
     out: dict[str, list[str]] = {}
     for user in split.test:
         row = u_row.get(user)
@@ -225,8 +244,15 @@ def factorisation(split: Split, params: AlsParams) -> dict[str, list[str]]:
             continue
         top = np.argpartition(-scores[row], K)[:K]
         top = top[np.argsort(-scores[row][top])]
-        out[user] = [items[int(i)] for i in top]
+        out[user] = [m.items[int(i)] for i in top]
     return out
+
+
+def factorisation(split: Split, params: AlsParams) -> dict[str, list[str]]:
+    """`fit_als` on the same weights the gateway learns from, ranked exactly, seen excluded."""
+    m = training_matrix(split)
+    factors = fit_als(m.rows, m.cols, m.weights, len(m.users), len(m.items), params)
+    return top_k(factors.users @ factors.items.T, m, split)
 
 
 # --- the gateway -----------------------------------------------------------------------------
