@@ -11,7 +11,7 @@ build is reproducible. A new listener gets the confidence-weighted mean of the v
 they touched, or nothing (then the policy falls back to reward-based candidates).
 
 Two solvers fit that same model. `implicit` (the default) is the `implicit` library's conjugate
-gradient ALS in float32, multi-threaded; `numpy` is the exact solve above, one row at a time, kept
+gradient ALS in float32 on one thread; `numpy` is the exact solve above, one row at a time, kept
 as the reference the library is checked against. `bench/als_libraries.py` chose between them:
 on MovieLens-100K both give the same HR@10, and the library fits 3-9 times faster (docs/
 decisions.md 58).
