@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import asyncpg
 from aiohttp import web
 
+from domain.embeddings import AlsParams
 from gateway import redaction
 from gateway.appkeys import (
     CATALOG,
@@ -40,7 +41,7 @@ from gateway.database import UNAVAILABLE_ERRORS, create_pool, wait_for_database
 from gateway.erasure import Erasure
 from gateway.event_store import PostgresEventStore
 from gateway.index_service import IndexService
-from gateway.indexes import IndexHolder
+from gateway.indexes import IndexHolder, IndexParams
 from gateway.listeners import Pseudonyms
 from gateway.metrics import FLUSHES, metrics_middleware, publish_lag
 from gateway.openapi import build_spec
@@ -170,6 +171,7 @@ async def _indexes(app: web.Application) -> AsyncIterator[None]:
     service = IndexService(
         app[DSN],
         holder,
+        params=IndexParams(als=AlsParams(solver=settings.index_als_solver)),
         interval_seconds=settings.index_build_interval_seconds,
         min_new_events=settings.index_min_new_events,
     )

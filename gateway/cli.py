@@ -242,13 +242,18 @@ def index() -> None:
 def index_build() -> None:
     """Learn embeddings from the affinity projection, build and publish a new index version.
     Running gateways pick it up within seconds."""
+    from domain.embeddings import AlsParams
     from gateway.index_service import IndexService
-    from gateway.indexes import IndexHolder
+    from gateway.indexes import IndexHolder, IndexParams
 
     settings = _settings()
     _setup_logging(settings)
     url = _database_url(settings)
-    service = IndexService(url, IndexHolder(settings.index_root))
+    service = IndexService(
+        url,
+        IndexHolder(settings.index_root),
+        params=IndexParams(als=AlsParams(solver=settings.index_als_solver)),
+    )
     click.echo(f"building into {settings.index_root} ...", err=True)
     entry = asyncio.run(service.build_now())
     if entry is None:

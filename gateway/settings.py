@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     )
     index_build_interval_seconds: Annotated[float, Field(gt=0)] = 600.0
     index_min_new_events: Annotated[int, Field(ge=1)] = 1000
+    index_als_solver: Literal["implicit", "numpy"] = Field(
+        default="implicit",
+        description="How index builds fit ALS: the implicit library's conjugate gradient, or "
+        "the exact numpy solve (slower, the same quality; docs/decisions.md 58)",
+    )
     scores_refresh_seconds: Annotated[float, Field(gt=0)] = Field(
         default=10.0, description="How often each process re-reads every item's reward posterior"
     )

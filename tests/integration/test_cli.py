@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -162,7 +163,11 @@ async def test_index_build_publishes_where_gateways_look(
     assert result.returncode == 0, result.stderr
     assert "published: 25 items" in result.stdout
     manifest = tmp_path / "index" / "manifest.json"
-    assert manifest.exists()
+    assert json.loads(manifest.read_text())["params"]["solver"] == "implicit"
+    # The operator's choice of solver reaches the build and its manifest.
+    result = run(["index", "build"], {**env, "SEGUE_INDEX_ALS_SOLVER": "numpy"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(manifest.read_text())["params"]["solver"] == "numpy"
 
 
 async def test_a_migration_postgresql_refuses_is_one_line_and_changes_nothing(
