@@ -29,6 +29,9 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
+import numpy as np
+from numpy.typing import NDArray
+
 from domain.events import SlateEntry
 
 
@@ -102,6 +105,152 @@ def score(c: Candidate, p: PolicyParams) -> float:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """N distinct eligible candidates as parallel arrays: what the serving path hands the policy.
+
+    `groups` holds a code per candidate (0: no artist or show); equal codes are one group.
+    Scoring, ordering and exploration are vectorised over these arrays, so a request costs
+    O(N log N) array work on the pool and O(n) Python work on the slate, never O(N) objects."""
+
+    item_ids: Sequence[str]
+    groups: NDArray[np.int64]
+    affinity: NDArray[np.float64]
+    reward_mean: NDArray[np.float64]
+    reward_sd: NDArray[np.float64]
+    long_term: NDArray[np.float64]
+    tiebreak: NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def scores(self, p: PolicyParams) -> NDArray[np.float64]:
+        # The same operations in the same order as `score`, so each is the same float.
+        s: NDArray[np.float64] = (
+            p.w_affinity * self.affinity
+            + p.w_reward * self.reward_mean
+            + p.w_long_term * self.long_term
+            + p.optimism * self.reward_sd
+        )
+        return s
+
+    def take(self, rows: NDArray[np.intp]) -> Pool:
+        ids = self.item_ids
+        return Pool(
+            [ids[i] for i in rows.tolist()],
+            self.groups[rows],
+            self.affinity[rows],
+            self.reward_mean[rows],
+            self.reward_sd[rows],
+            self.long_term[rows],
+            self.tiebreak[rows],
+        )
+
+    def candidates(self) -> list[Candidate]:
+        """The pool as `Candidate`s (offline evaluation wants them; serving does not)."""
+        return [
+            Candidate(
+                item_id=item,
+                group=None if g == 0 else f"g{g}",
+                affinity=a,
+                reward_mean=m,
+                reward_sd=sd,
+                long_term=lt,
+                tiebreak=t,
+            )
+            for item, g, a, m, sd, lt, t in zip(
+                self.item_ids,
+                self.groups.tolist(),
+                self.affinity.tolist(),
+                self.reward_mean.tolist(),
+                self.reward_sd.tolist(),
+                self.long_term.tolist(),
+                self.tiebreak.tolist(),
+                strict=True,
+            )
+        ]
+
+
+EMPTY = Pool(
+    [],
+    np.zeros(0, np.int64),
+    *(np.zeros(0, np.float64) for _ in range(5)),
+)
+
+
+def pool_of(candidates: Iterable[Candidate]) -> Pool:
+    """The distinct candidates (the first of each id wins), in order, as a `Pool`."""
+    unique = _dedupe(candidates)
+    codes: dict[str, int] = {}
+    return Pool(
+        [c.item_id for c in unique],
+        np.array(
+            [0 if c.group is None else codes.setdefault(c.group, len(codes) + 1) for c in unique],
+            dtype=np.int64,
+        ),
+        np.array([c.affinity for c in unique], dtype=np.float64),
+        np.array([c.reward_mean for c in unique], dtype=np.float64),
+        np.array([c.reward_sd for c in unique], dtype=np.float64),
+        np.array([c.long_term for c in unique], dtype=np.float64),
+        np.array([c.tiebreak for c in unique], dtype=np.float64),
+    )
+
+
+def union(pools: Sequence[Pool]) -> Pool:
+    """The distinct candidates of several pools, in order (the first pool to have an id wins)."""
+    if len(pools) == 1:
+        return pools[0]
+    first: dict[str, int] = {}
+    offset = 0
+    for pool in pools:
+        for k, item in enumerate(pool.item_ids):
+            first.setdefault(item, offset + k)
+        offset += len(pool)
+    rows = np.fromiter(first.values(), dtype=np.intp, count=len(first))
+    return Pool(
+        [item for pool in pools for item in pool.item_ids],
+        np.concatenate([pool.groups for pool in pools]),
+        np.concatenate([pool.affinity for pool in pools]),
+        np.concatenate([pool.reward_mean for pool in pools]),
+        np.concatenate([pool.reward_sd for pool in pools]),
+        np.concatenate([pool.long_term for pool in pools]),
+        np.concatenate([pool.tiebreak for pool in pools]),
+    ).take(rows)
+
+
+def ranked(pool: Pool, scores: NDArray[np.float64]) -> list[int]:
+    """Rows of `pool` by score (highest first), then tie-break, then item id."""
+    order = np.lexsort((pool.tiebreak, -scores))
+    s, t = scores[order], pool.tiebreak[order]
+    if len(order) > 1 and bool(np.any((s[1:] == s[:-1]) & (t[1:] == t[:-1]))):
+        # Equal score and tie-break (callers that give no tie-breaks): the id decides.
+        ids = pool.item_ids
+        return sorted(range(len(pool)), key=lambda i: (-scores[i], pool.tiebreak[i], ids[i]))
+    rows: list[int] = order.tolist()
+    return rows
+
+
+def greedy_rows(pool: Pool, n: int, p: PolicyParams) -> list[int]:
+    """`greedy` on a pool: the rows of the best `n`, at most `max_per_group` per group."""
+    scores = pool.scores(p)
+    groups = pool.groups
+    chosen: list[int] = []
+    per_group: dict[int, int] = {}
+    held_back: list[int] = []
+    for row in ranked(pool, scores):
+        if len(chosen) == n:
+            break
+        g = int(groups[row])
+        if g != 0 and per_group.get(g, 0) >= p.max_per_group:
+            held_back.append(row)
+            continue
+        chosen.append(row)
+        if g != 0:
+            per_group[g] = per_group.get(g, 0) + 1
+    chosen.extend(held_back[: n - len(chosen)])
+    return chosen
+
+
 def _dedupe(candidates: Iterable[Candidate]) -> list[Candidate]:
     seen: dict[str, Candidate] = {}
     for c in candidates:
@@ -114,36 +263,24 @@ def greedy(
 ) -> list[tuple[Candidate, float]]:
     """The best `n` by score, at most `max_per_group` per artist or show; when the limit leaves
     the slate short, the best of the rest fill it (a short slate helps nobody)."""
-    ranked = sorted(
-        ((c, score(c, p)) for c in candidates),
-        key=lambda cs: (-cs[1], cs[0].tiebreak, cs[0].item_id),
-    )
-    chosen: list[tuple[Candidate, float]] = []
-    per_group: dict[str, int] = {}
-    held_back: list[tuple[Candidate, float]] = []
-    for c, s in ranked:
-        if len(chosen) == n:
-            break
-        if c.group is not None and per_group.get(c.group, 0) >= p.max_per_group:
-            held_back.append((c, s))
-            continue
-        chosen.append((c, s))
-        if c.group is not None:
-            per_group[c.group] = per_group.get(c.group, 0) + 1
-    chosen.extend(held_back[: n - len(chosen)])
-    return chosen
+    unique = _dedupe(candidates)
+    return [(unique[row], score(unique[row], p)) for row in greedy_rows(pool_of(unique), n, p)]
 
 
 def draw_slate(
     candidates: Iterable[Candidate], n: int, p: PolicyParams, rng: random.Random
 ) -> tuple[SlateEntry, ...]:
     """Serve `min(n, N)` of the N eligible candidates, with exact per-position propensities."""
+    return draw(pool_of(candidates), n, p, rng)
+
+
+def draw(pool: Pool, n: int, p: PolicyParams, rng: random.Random) -> tuple[SlateEntry, ...]:
+    """`draw_slate` on a pool of distinct candidates."""
     if n < 1:
         raise ValueError("n must be at least 1")
-    pool = _dedupe(candidates)
-    if not pool:
+    if not len(pool):
         return ()
-    return explore([c for c, _ in greedy(pool, n, p)], pool, p, rng)
+    return explore_rows(greedy_rows(pool, n, p), pool, p, rng)
 
 
 def explore(
@@ -151,30 +288,49 @@ def explore(
 ) -> tuple[SlateEntry, ...]:
     """Serve the greedy slate `top`, or one of the two explored variants of it (see the module
     docstring), drawn from the `pool`; log each position's exact propensity."""
-    scores = {c.item_id: score(c, p) for c in pool}
+    arrays = pool_of(pool)
+    row = {item: k for k, item in enumerate(arrays.item_ids)}
+    return explore_rows([row[c.item_id] for c in top], arrays, p, rng)
+
+
+def explore_rows(
+    top: Sequence[int], pool: Pool, p: PolicyParams, rng: random.Random
+) -> tuple[SlateEntry, ...]:
+    """`explore` with the greedy slate given as rows of `pool`."""
+    scores = pool.scores(p)
     size = len(pool)
-    greedy_ids = [c.item_id for c in top]
-    m = len(greedy_ids)
+    m = len(top)
     head = max(0, m - p.tail)
-    kept = set(greedy_ids[:head])
     # Draw the branch first, always, so the generator's use does not depend on the branch taken.
+    # `rng.sample` picks by position only, so sampling rows picks what sampling items would.
     u = rng.random()
     if u < p.epsilon:
-        order = [c.item_id for c in rng.sample(list(pool), m)]
+        order = rng.sample(range(size), m)
     elif u < p.epsilon + p.tail_epsilon:
-        rest = [c.item_id for c in pool if c.item_id not in kept]
-        order = greedy_ids[:head] + rng.sample(rest, m - head)
+        kept = np.zeros(size, dtype=bool)
+        kept[list(top[:head])] = True
+        rest = np.flatnonzero(~kept)
+        order = list(top[:head]) + rest[rng.sample(range(len(rest)), m - head)].tolist()
     else:
-        order = greedy_ids
-    return tuple(
-        SlateEntry(
-            item_id=item,
-            position=k,
-            score=scores[item],
-            propensity=propensity(item, k, greedy_ids, size, p),
+        order = list(top)
+    greedy_at = list(top)
+    in_head = set(top[:head])
+    exploit = 1.0 - p.epsilon - p.tail_epsilon
+    entries = []
+    for k, row in enumerate(order):
+        # The arithmetic of `propensity`, on rows instead of ids.
+        greedy_here = float(greedy_at[k] == row)
+        in_tail = float(row not in in_head) / (size - head)
+        tail_part = greedy_here if k < head else in_tail
+        entries.append(
+            SlateEntry(
+                item_id=pool.item_ids[row],
+                position=k,
+                score=float(scores[row]),
+                propensity=p.epsilon / size + p.tail_epsilon * tail_part + exploit * greedy_here,
+            )
         )
-        for k, item in enumerate(order)
-    )
+    return tuple(entries)
 
 
 def propensity(item: str, k: int, greedy_ids: Sequence[str], size: int, p: PolicyParams) -> float:
@@ -193,12 +349,39 @@ def draw_blend(
 ) -> tuple[SlateEntry, ...]:
     """One slate for a group, explored like any other (the pool is every member's candidates;
     a candidate's score is that of the first member who has it)."""
+    return draw_blend_pools([pool_of(m) for m in members], n, p, rng)
+
+
+def draw_blend_pools(
+    members: Sequence[Pool], n: int, p: PolicyParams, rng: random.Random
+) -> tuple[SlateEntry, ...]:
+    """`draw_blend` on one pool of distinct candidates per member."""
     if n < 1:
         raise ValueError("n must be at least 1")
-    pool = _dedupe(c for m in members for c in m)
-    if not pool:
+    pool = union(members)
+    if not len(pool):
         return ()
-    return explore([c for c, _ in blend_greedy(members, n, p)], pool, p, rng)
+    row = {item: k for k, item in enumerate(pool.item_ids)}
+    chosen = blend_rows(members, n, p)
+    return explore_rows([row[members[j].item_ids[r]] for j, r in chosen], pool, p, rng)
+
+
+def blend_rows(members: Sequence[Pool], n: int, p: PolicyParams) -> list[tuple[int, int]]:
+    """`blend_greedy` on pools: (member, row) pairs of the slate, in order."""
+    ranks = [ranked(m, m.scores(p)) for m in members]
+    chosen: list[tuple[int, int]] = []
+    taken: set[str] = set()
+    cursors = [0] * len(ranks)
+    while len(chosen) < n and any(cursors[j] < len(r) for j, r in enumerate(ranks)):
+        for j, r in enumerate(ranks):
+            ids = members[j].item_ids
+            while cursors[j] < len(r) and ids[r[cursors[j]]] in taken:
+                cursors[j] += 1
+            if cursors[j] < len(r) and len(chosen) < n:
+                chosen.append((j, r[cursors[j]]))
+                taken.add(ids[r[cursors[j]]])
+                cursors[j] += 1
+    return chosen
 
 
 def blend_greedy(
@@ -206,23 +389,8 @@ def blend_greedy(
 ) -> list[tuple[Candidate, float]]:
     """One slate for several listeners: members take turns picking their best remaining item
     (by their own scores), so everyone gets items predicted for them, not only the average."""
-    ranked = [
-        sorted(
-            ((c, score(c, p)) for c in _dedupe(m)),
-            key=lambda cs: (-cs[1], cs[0].tiebreak, cs[0].item_id),
-        )
-        for m in members
+    unique = [_dedupe(m) for m in members]
+    return [
+        (unique[j][r], score(unique[j][r], p))
+        for j, r in blend_rows([pool_of(m) for m in unique], n, p)
     ]
-    chosen: list[tuple[Candidate, float]] = []
-    taken: set[str] = set()
-    cursors = [0] * len(ranked)
-    while len(chosen) < n and any(cursors[j] < len(r) for j, r in enumerate(ranked)):
-        for j, r in enumerate(ranked):
-            while cursors[j] < len(r) and r[cursors[j]][0].item_id in taken:
-                cursors[j] += 1
-            if cursors[j] < len(r) and len(chosen) < n:
-                c, s = r[cursors[j]]
-                chosen.append((c, s))
-                taken.add(c.item_id)
-                cursors[j] += 1
-    return chosen

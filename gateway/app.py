@@ -42,6 +42,7 @@ from gateway.erasure import Erasure
 from gateway.event_store import PostgresEventStore
 from gateway.index_service import IndexService
 from gateway.indexes import IndexHolder, IndexParams
+from gateway.items import ItemTable
 from gateway.listeners import Pseudonyms
 from gateway.metrics import FLUSHES, metrics_middleware, publish_lag
 from gateway.openapi import build_spec
@@ -50,7 +51,7 @@ from gateway.problems import UNAVAILABLE, problem_middleware
 from gateway.projector import Runner, all_projections
 from gateway.projector import status as projection_status
 from gateway.ratelimit import RateLimiter, SharedSpend
-from gateway.recommendations import Recommender
+from gateway.recommendations import Recommender, follow
 from gateway.rewards_reader import LiveVersions, RewardsReader
 from gateway.routes import ENDPOINTS, setup_routes
 from gateway.scores import ItemScores
@@ -108,7 +109,14 @@ async def _event_store(app: web.Application) -> AsyncIterator[None]:
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings, pool, store, clock = app[SETTINGS], app[POOL], app[STORE], app[CLOCK]
-    app[CATALOG] = Catalog(pool, store, settings.catalog_cache_seconds)
+    table = ItemTable(settings.policy.w_long_term, app[SCORES].unseen)
+    app[CATALOG] = Catalog(pool, store, settings.catalog_cache_seconds, table)
+    follow(table, app[INDEX], app[SCORES])
+    with contextlib.suppress(*UNAVAILABLE_ERRORS):
+        # Loaded before the first request where possible; else the first request loads it.
+        await app[CATALOG].catch_up()
+        table.refresh_pools()
+    catalogue = asyncio.create_task(app[CATALOG].watch(), name="catalogue-changes")
     app[PSEUDONYMS] = Pseudonyms(pool, ttl_seconds=settings.pseudonym_cache_seconds)
     app[ERASURE] = Erasure(store, app[PSEUDONYMS])
     app[RECOMMENDER] = Recommender(
@@ -134,6 +142,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         shared = SharedSpend(pool, app[LIMITER], every=settings.rate_limit_sync_seconds)
         sharing = asyncio.create_task(shared.run(), name="rate-limit-sharing")
     yield
+    catalogue.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await catalogue
     if shared is not None and sharing is not None:
         sharing.cancel()
         with contextlib.suppress(asyncio.CancelledError):

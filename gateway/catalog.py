@@ -7,6 +7,8 @@ acknowledged by this process (other processes see it within `catalog_cache_secon
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -17,8 +19,12 @@ import asyncpg
 import orjson
 
 from domain.events import ItemRetired, ItemUpserted, to_payload
+from gateway.background import run_every
 from gateway.event_store import Connection
+from gateway.items import CatalogRow, ItemScore, ItemTable
 from gateway.store_api import EventStore, NewEvent, StoredEvent, WrongExpectedVersion
+
+log = logging.getLogger(__name__)
 
 _UPSERT = """
 INSERT INTO catalog_items (item_id, kind, attributes, vector, retired, global_position)
@@ -29,11 +35,13 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::bigi
      AS t(i, k, a, v, r, p)
 ON CONFLICT (item_id) DO UPDATE SET
     kind = EXCLUDED.kind, attributes = EXCLUDED.attributes, vector = EXCLUDED.vector,
-    retired = EXCLUDED.retired, global_position = EXCLUDED.global_position, updated_at = now()
+    retired = EXCLUDED.retired, global_position = EXCLUDED.global_position, updated_at = now(),
+    tx_id = pg_current_xact_id()::text::bigint
 """
 
 _RETIRE = """
-UPDATE catalog_items SET retired = true, global_position = t.p, updated_at = now()
+UPDATE catalog_items SET retired = true, global_position = t.p, updated_at = now(),
+    tx_id = pg_current_xact_id()::text::bigint
 FROM unnest($1::text[], $2::bigint[]) AS t(i, p)
 WHERE catalog_items.item_id = t.i
 """
@@ -73,12 +81,6 @@ class CatalogProjection:
 
 
 @dataclass(frozen=True, slots=True)
-class LiveItem:
-    kind: str
-    group: str | None  # artist or show: what the diversity limit counts
-
-
-@dataclass(frozen=True, slots=True)
 class CatalogItem:
     item_id: str
     kind: str
@@ -87,38 +89,88 @@ class CatalogItem:
     retired: bool
 
 
-class Catalog:
-    """Reads of the live catalogue. `live()` is served from memory, refreshed when stale."""
+_GROUP = "coalesce(attributes->>'artist', attributes->>'show')"
+_ALL = f"SELECT item_id, kind, {_GROUP}, retired FROM catalog_items WHERE NOT retired"
+_CHANGED = f"SELECT item_id, kind, {_GROUP}, retired FROM catalog_items WHERE tx_id >= $1"
+_XMIN = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
-    def __init__(self, pool: asyncpg.Pool, store: EventStore, cache_seconds: float) -> None:
+
+class Catalog:
+    """The live catalogue in memory (`ItemTable`), kept current by a change feed.
+
+    The first read loads every live row; later ones read only the rows written by transactions
+    at or above the `xmin` of the previous read's snapshot (an indexed range on `tx_id`, empty
+    when nothing changed), so keeping up costs O(changes), not O(catalogue). `watch` does that
+    every `cache_seconds` in the background; a request waits for it only after a change made by
+    this process, which must be visible to this process's next request."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: EventStore,
+        cache_seconds: float,
+        items: ItemTable | None = None,
+    ) -> None:
         self._pool = pool
         self._store = store
         self._ttl = cache_seconds
-        self._loaded_at = -1e18
-        self._live: dict[str, LiveItem] = {}
-        # Bumped by every change this process makes; a load that raced one is not cached.
+        self.items = items if items is not None else ItemTable(0.0, ItemScore(0, 0.0, 0.0, 0.0))
+        self._xmin: int | None = None  # None: nothing loaded yet
+        self._read_at = -1e18
+        self._lock = asyncio.Lock()
+        # Bumped by every change this process makes; a read that raced one leaves it stale.
         self._generation = 0
+        self._caught_up = -1
+        self._watched = False  # `watch` keeps the table current: requests never wait for it
 
     def invalidate(self) -> None:
         """Called after a change has committed, so the next read sees it."""
         self._generation += 1
-        self._loaded_at = -1e18
 
-    async def live(self) -> dict[str, LiveItem]:
-        """Every item not retired, by id."""
-        now = time.monotonic()
-        if now - self._loaded_at < self._ttl:
-            return self._live
-        while True:
+    async def table(self) -> ItemTable:
+        """The live catalogue, with every change this process made applied."""
+        if self._caught_up != self._generation or (
+            not self._watched and time.monotonic() - self._read_at >= self._ttl
+        ):
+            await self.catch_up()
+        return self.items
+
+    async def catch_up(self) -> int:
+        """Apply what changed since the last read; returns how many rows changed."""
+        async with self._lock:
             generation = self._generation
-            rows = await self._pool.fetch(
-                "SELECT item_id, kind, coalesce(attributes->>'artist', attributes->>'show') "
-                "FROM catalog_items WHERE NOT retired"
-            )
-            live = {r[0]: LiveItem(r[1], r[2]) for r in rows}
-            if generation == self._generation:
-                self._live, self._loaded_at = live, now
-                return live
+            started = time.monotonic()
+            if generation == self._caught_up and started - self._read_at < self._ttl:
+                return 0  # another caller did it while this one waited
+            async with (
+                self._pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                # One snapshot for both: the rows, and the horizon below which it saw all.
+                xmin = int(await conn.fetchval(_XMIN))
+                if self._xmin is None:
+                    rows = await conn.fetch(_ALL + " ORDER BY item_id")
+                else:
+                    rows = await conn.fetch(_CHANGED, self._xmin)
+            changed = self.items.apply(CatalogRow(r[0], r[1], r[2], r[3]) for r in rows)
+            self._xmin, self._read_at, self._caught_up = xmin, started, generation
+            return changed
+
+    async def watch(self) -> None:
+        """Catch up twice per `cache_seconds` for as long as the process runs, so requests
+        rarely wait for it, and recompute the exploration pools here after changes."""
+
+        async def once() -> None:
+            await self.catch_up()
+            if self.items.dirty:
+                self.items.refresh_pools()
+
+        every = max(self._ttl / 2, 0.05)
+        self._watched = True
+        await run_every(every, once, "read catalogue changes", log, initial=0.5, maximum=5.0)
+
+    async def count_live(self) -> int:
+        return (await self.table()).live_count
 
     async def get(self, item_id: str) -> CatalogItem | None:
         row = await self._pool.fetchrow(

@@ -367,7 +367,7 @@ async def seed(
     catalog, recorder = app[CATALOG], app[OUTCOMES]
     catalogue = demo_items(items)
     upserted = 0
-    if not await catalog.live():
+    if not await catalog.count_live():
         for start in range(0, len(catalogue), 1000):
             upserted += len(await catalog.upsert(catalogue[start : start + 1000]))
     tastes, history = _organic(catalogue, users, now, 11)

@@ -24,8 +24,9 @@ from gateway.catalog import Catalog
 from gateway.evaluation_log import EvaluationError
 from gateway.event_store import PostgresEventStore
 from gateway.indexes import IndexHolder
+from gateway.items import ItemTable
 from gateway.listeners import Pseudonyms
-from gateway.recommendations import Recommender, allowed_kinds
+from gateway.recommendations import Recommender, allowed_kinds, follow
 from gateway.rewards_reader import LiveVersions
 from gateway.schemas import ItemKind, Surface
 from gateway.scores import ItemScores
@@ -234,10 +235,13 @@ async def current_target(pool: asyncpg.Pool, index_root: Path, params: PolicyPar
     await scores.refresh()
     index = IndexHolder(index_root)
     await index.refresh()
+    catalog = Catalog(pool, store, 3600.0, ItemTable(params.w_long_term, scores.unseen))
+    await catalog.catch_up()
+    follow(catalog.items, index, scores)
     recommender = Recommender(
         pool,
         store,
-        Catalog(pool, store, cache_seconds=3600.0),
+        catalog,
         Pseudonyms(pool),
         lambda: datetime.now(UTC),
         index,

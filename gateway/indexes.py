@@ -12,6 +12,7 @@ one reference: a request holds the index it started with, so a swap never fails 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -20,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 # Everything a version folder holds; the manifest records each file's size and SHA-256.
 FILES = ("items.ann", "ids.json", "listeners.npy", "item_vectors.npy")
+# The precomputed candidates, in every folder built since they were introduced.
+CANDIDATE_FILES = ("candidates.npy", "candidate_scores.npy")
+CANDIDATES_K = 200  # per listener: what a request takes from the index
+# Listener x item dot products above which the candidates come from Annoy instead of exactly.
+EXACT_PAIRS = 4_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +136,70 @@ def recall_at_10(
     return hits / (k * len(queries))
 
 
+def _exact_top(
+    queries: NDArray[np.float64], vectors: NDArray[np.float64], k: int
+) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    """The `k` items of highest dot product per query, best first, computed in blocks of
+    queries small enough that a block's scores stay under ~256 MB."""
+    rows = np.zeros((len(queries), k), dtype=np.int32)
+    dots = np.zeros((len(queries), k), dtype=np.float32)
+    block = max(1, 32_000_000 // max(len(vectors), 1))
+    for start in range(0, len(queries), block):
+        scores = queries[start : start + block] @ vectors.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        rows[start : start + block] = np.take_along_axis(top, order, axis=1)
+        dots[start : start + block] = np.take_along_axis(top_scores, order, axis=1)
+    return rows, dots
+
+
+def top_candidates(
+    users: NDArray[np.float64],
+    items: NDArray[np.float64],
+    index: AnnoyIndex,
+    search_k: int,
+    k: int = CANDIDATES_K,
+    exact_pairs: int = EXACT_PAIRS,
+) -> tuple[NDArray[np.int32], NDArray[np.float32], str]:
+    """Every listener's candidates, precomputed so that serving a listener of the last build
+    does no tree search: exact top-k by blocked matrix products while listeners x items stays
+    under `exact_pairs`, else Annoy's. Rows short of k (tiny catalogues) are padded with -1."""
+    k = min(k, len(items))
+    if len(users) == 0 or k == 0:
+        return np.zeros((len(users), k), np.int32), np.zeros((len(users), k), np.float32), "none"
+    if len(users) * len(items) <= exact_pairs:
+        rows, dots = _exact_top(users, items, k)
+        return rows, dots, "exact"
+    rows = np.full((len(users), k), -1, dtype=np.int32)
+    dots = np.zeros((len(users), k), dtype=np.float32)
+    for u, vector in enumerate(users):
+        found, dist = index.get_nns_by_vector(
+            vector.tolist(), k, search_k=search_k, include_distances=True
+        )
+        rows[u, : len(found)] = found
+        dots[u, : len(found)] = dist
+    return rows, dots, "annoy"
+
+
+def candidate_recall(
+    candidates: NDArray[np.int32],
+    users: NDArray[np.float64],
+    items: NDArray[np.float64],
+    sample: NDArray[np.int64],
+) -> float:
+    """Mean overlap of the precomputed top 10 with the exact top 10 over the `sample` rows."""
+    if len(sample) == 0 or len(items) == 0:
+        return 1.0
+    k = min(10, len(items))
+    exact, _ = _exact_top(users[sample], items, k)
+    hits = sum(
+        len(set(exact[j].tolist()) & set(candidates[u, :k].tolist()))
+        for j, u in enumerate(sample.tolist())
+    )
+    return hits / (k * len(sample))
+
+
 def build(data: TrainingData, folder: Path, version: str, params: IndexParams) -> dict[str, Any]:
     """Learn embeddings and write a complete index folder; returns its manifest entry.
 
@@ -180,8 +250,19 @@ def build(data: TrainingData, folder: Path, version: str, params: IndexParams) -
         else factors.items[:200]
     )
     recall = recall_at_10(index, factors.items, sample, params.search_k)
+    candidates, candidate_scores, method = top_candidates(
+        factors.users, factors.items, index, params.search_k
+    )
+    np.save(folder / "candidates.npy", candidates)
+    np.save(folder / "candidate_scores.npy", candidate_scores)
+    listeners_sample = (
+        rng.choice(len(factors.users), min(200, len(factors.users)), replace=False)
+        if len(factors.users)
+        else np.zeros(0, dtype=np.int64)
+    )
+    candidates_recall = candidate_recall(candidates, factors.users, factors.items, listeners_sample)
     index.unload()
-    files = {name: _digest((folder / name).read_bytes()) for name in FILES}
+    files = {name: _digest((folder / name).read_bytes()) for name in FILES + CANDIDATE_FILES}
     return {
         "version": version,
         "built_at": datetime.now(UTC).isoformat(),
@@ -189,6 +270,14 @@ def build(data: TrainingData, folder: Path, version: str, params: IndexParams) -
         "items": len(data.items),
         "listeners": len(data.listeners),
         "recall_at_10": recall,
+        # What requests of listeners in this build are answered from (recall: its top 10
+        # against the exact top 10 on up to 200 listeners).
+        "candidates": {
+            "k": int(candidates.shape[1]),
+            "method": method,
+            "recall_at_10": candidates_recall,
+            "sampled": len(listeners_sample),
+        },
         "seconds": round(time.perf_counter() - started, 3),
         "params": {
             "trees": params.trees,
@@ -258,6 +347,9 @@ class LoadedIndex:
     listener_row: dict[str, int]
     listener_vectors: NDArray[np.float64]
     item_vectors: NDArray[np.float64]
+    # Per listener row: its precomputed candidates (item rows, -1 padding) and their dots.
+    candidates: NDArray[np.int32]
+    candidate_scores: NDArray[np.float32]
 
     @property
     def version(self) -> str:
@@ -275,6 +367,26 @@ class LoadedIndex:
             list(vector), n, search_k=search_k or self.search_k, include_distances=True
         )
         return [(self.items[i], float(d)) for i, d in zip(ids, dists, strict=True)]
+
+    def nearest_rows(
+        self, vector: NDArray[np.float64], n: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """`nearest` as item rows and dot products, at the search_k the build measured."""
+        ids, dists = self.annoy.get_nns_by_vector(
+            vector.tolist(), n, search_k=self.search_k, include_distances=True
+        )
+        return np.asarray(ids, dtype=np.int64), np.asarray(dists, dtype=np.float64)
+
+    def listener_candidates(
+        self, user: str
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]] | None:
+        """The precomputed candidates of a listener of this build, or None."""
+        row = self.listener_row.get(user)
+        if row is None or row >= len(self.candidates):
+            return None
+        rows = self.candidates[row].astype(np.int64)
+        keep = rows >= 0
+        return rows[keep], self.candidate_scores[row][keep].astype(np.float64)
 
 
 def _digest(data: bytes) -> dict[str, Any]:
@@ -322,27 +434,130 @@ def _private_copy(source: Path, manifest: dict[str, Any]) -> Path:
     return Path(name)
 
 
+def _files(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The files of a version: indexes published before candidates were precomputed have none
+    (their listeners search the tree, as every listener did then)."""
+    listed = manifest.get("files", {})
+    return FILES + tuple(name for name in CANDIDATE_FILES if name in listed)
+
+
 def verify(root: Path, manifest: dict[str, Any]) -> None:
     """Raise (OSError, ValueError) unless every published file of `manifest` is intact."""
     folder = root / manifest["folder"]
-    for name in FILES:
+    for name in _files(manifest):
         _read(folder, manifest, name)
+
+
+MAPPED = ".mapped"  # under the index root: the verified copies this host's processes map
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _shared_copy(folder: Path, manifest: dict[str, Any], name: str) -> Path:
+    """A verified, read-only copy of a published file that every process of this host maps.
+
+    Mapping the published file would tie the processes to whatever later happens to it (see
+    `_private_copy`); one private copy per process would cost a host one copy of a large index
+    per worker, in memory as well as on disk. So the copy is made once per host and version,
+    under a name carrying the file's checksum, written beside it and renamed into place (never
+    written in place), made read-only, and hashed again by every process before it maps it: a
+    copy damaged since is replaced, not used. Copies of other versions are removed once a newer
+    one is loaded (`prune_mapped`); processes still mapping them keep their pages."""
+    expected = manifest["files"][name]
+    cache = folder.parent / MAPPED
+    target = cache / f"{manifest['version']}-{expected['sha256'][:16]}-{name}"
+    if target.exists():
+        # The published file is checked too, though the copy is what gets mapped: a version
+        # whose published files are damaged is refused here as on a host without a copy, so
+        # that every process reports it and a builder replaces it.
+        _check(manifest, name, *_hash_file(folder / name))
+        size, sha256 = _hash_file(target)
+        if size == expected["bytes"] and sha256 == expected["sha256"]:
+            return target
+        target.unlink(missing_ok=True)
+    cache.mkdir(exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{name}-", suffix=".tmp")
+    try:
+        digest = hashlib.sha256()
+        size = 0
+        with os.fdopen(fd, "wb") as out, (folder / name).open("rb") as src:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        _check(manifest, name, size, digest.hexdigest())
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def prune_mapped(root: Path, version: str, stale_seconds: float = 3600.0) -> None:
+    """Remove this host's copies of other versions, and copies abandoned half-way."""
+    cache = root / MAPPED
+    if not cache.is_dir():
+        return
+    now = time.time()
+    for path in cache.iterdir():
+        with contextlib.suppress(OSError):
+            if path.name.startswith("."):
+                if now - path.stat().st_mtime > stale_seconds:
+                    path.unlink()
+            elif not path.name.startswith(f"{version}-"):
+                path.unlink()
+
+
+def _array(folder: Path, manifest: dict[str, Any], name: str) -> NDArray[Any]:
+    """A published array, mapped from this host's verified copy (or, for a version published
+    before checksums were recorded, read into this process)."""
+    if name not in manifest.get("files", {}):
+        loaded: NDArray[Any] = np.load(io.BytesIO((folder / name).read_bytes()))
+        return loaded
+    mapped: NDArray[Any] = np.load(_shared_copy(folder, manifest, name), mmap_mode="r")
+    return mapped
 
 
 def load(root: Path, manifest: dict[str, Any]) -> LoadedIndex:
     """Load a published version, refusing damaged files (OSError, ValueError, KeyError)."""
     folder = root / manifest["folder"]
     ids = json.loads(_read(folder, manifest, "ids.json"))
-    item_vectors = np.load(io.BytesIO(_read(folder, manifest, "item_vectors.npy")))
-    listener_vectors = np.load(io.BytesIO(_read(folder, manifest, "listeners.npy")))
+    item_vectors = _array(folder, manifest, "item_vectors.npy")
+    listener_vectors = _array(folder, manifest, "listeners.npy")
     annoy = AnnoyIndex(int(item_vectors.shape[1]) if item_vectors.ndim == 2 else 1, "dot")
-    private = _private_copy(folder / "items.ann", manifest)
-    try:
-        annoy.load(str(private))
-    finally:
-        private.unlink()
+    if "items.ann" in manifest.get("files", {}):
+        annoy.load(str(_shared_copy(folder, manifest, "items.ann")))
+    else:
+        private = _private_copy(folder / "items.ann", manifest)
+        try:
+            annoy.load(str(private))
+        finally:
+            private.unlink()
     if annoy.get_n_items() != len(ids["items"]):
         raise ValueError(f"index {manifest['version']} is damaged: item count differs")
+    if "candidates.npy" in _files(manifest):
+        candidates = _array(folder, manifest, "candidates.npy")
+        candidate_scores = _array(folder, manifest, "candidate_scores.npy")
+    else:
+        candidates = np.zeros((0, 0), dtype=np.int32)
+        candidate_scores = np.zeros((0, 0), dtype=np.float32)
+    if len(candidates) and (
+        candidates.shape != candidate_scores.shape
+        or len(candidates) != len(listener_vectors)
+        or int(candidates.max()) >= len(ids["items"])
+    ):
+        raise ValueError(f"index {manifest['version']} is damaged: candidates do not fit")
     return LoadedIndex(
         manifest=manifest,
         annoy=annoy,
@@ -353,6 +568,8 @@ def load(root: Path, manifest: dict[str, Any]) -> LoadedIndex:
         listener_row={u: i for i, u in enumerate(ids["listeners"])},
         listener_vectors=listener_vectors,
         item_vectors=item_vectors,
+        candidates=candidates,
+        candidate_scores=candidate_scores,
     )
 
 
@@ -371,6 +588,8 @@ class IndexHolder:
         self.current: LoadedIndex | None = None
         self.error: str | None = None
         self._seen: tuple[Any, ...] | None = None
+        # Called with each version swapped in (the serving table maps its rows to it).
+        self.on_load: list[Callable[[LoadedIndex], None]] = []
 
     def _published(self) -> tuple[dict[str, Any], tuple[Any, ...]]:
         """The manifest, and a cheap fingerprint of it and of its version's files."""
@@ -380,7 +599,7 @@ class IndexHolder:
         if not isinstance(manifest, dict) or not isinstance(manifest.get("folder"), str):
             raise ValueError("the manifest does not name an index folder")
         stamp: list[Any] = [(stat.st_mtime_ns, stat.st_size, stat.st_ino)]
-        for name in FILES:
+        for name in _files(manifest):
             try:
                 f = (self.root / manifest["folder"] / name).stat()
                 stamp.append((f.st_mtime_ns, f.st_size, f.st_ino))
@@ -414,6 +633,9 @@ class IndexHolder:
             self._failed(f"{exc.__class__.__name__}: {exc}")
             return False
         self.current = loaded  # one reference swap; requests in flight keep the old one
+        await asyncio.to_thread(prune_mapped, self.root, loaded.version)
+        for hook in self.on_load:
+            hook(loaded)
         self._healthy()
         return True
 

@@ -9,7 +9,6 @@ slate diverse, and explores with probabilities it logs exactly in `Recommendatio
 
 from __future__ import annotations
 
-import hashlib
 import random
 import uuid
 from collections.abc import Callable, Iterable
@@ -18,14 +17,16 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+from numpy.typing import NDArray
 
 from domain.embeddings import fold_in
 from domain.events import RecommendationServed, SlateEntry, to_payload
 from domain.policy import seed_from
-from domain.ranking import Candidate, PolicyParams, draw_blend, draw_slate
+from domain.ranking import EMPTY, Candidate, PolicyParams, Pool, draw, draw_blend_pools
 from domain.upcasting import decode
-from gateway.catalog import Catalog, LiveItem
+from gateway.catalog import Catalog
 from gateway.indexes import IndexHolder, LoadedIndex
+from gateway.items import KIND_CODES, ItemTable, string_hash, tiebreak, tiebreaks
 from gateway.listeners import Pseudonyms
 from gateway.problems import ProblemError
 from gateway.projections import q
@@ -38,11 +39,8 @@ NO_INDEX = "none"
 DISCOVER = "discover"
 DISCOVER_NAMESPACE = uuid.UUID("9a6c2f5e-3b1d-4c8e-a0f7-6d2b9e4c1a35")
 IDEMPOTENCY_NAMESPACE = uuid.UUID("3f0c8b2a-7d4e-4b19-9c61-2e5a8f7d0b43")
-INDEX_CANDIDATES = 200
-EXPLORE_NEW = 100  # items added since the index was built, at most, per request
-EXPLORE_UNCERTAIN = 50
-COLD_START = 100
-UNCERTAIN_BELOW = 50  # impressions
+INDEX_CANDIDATES = 200  # searched for a listener the index has not seen
+__all__ = ["Recommender", "follow", "tiebreak"]
 
 SURFACE_KINDS: dict[Surface, frozenset[str]] = {
     Surface.PODCASTS: frozenset({ItemKind.EPISODE, ItemKind.SHOW}),
@@ -66,6 +64,16 @@ def allowed_kinds(surface: Surface, kinds: list[ItemKind]) -> frozenset[str] | N
     return wanted if by_surface is None else wanted & by_surface
 
 
+def kinds_mask(kinds: frozenset[str] | None) -> NDArray[np.bool_] | None:
+    """Which kind codes (gateway.items.KIND_CODES) a request may be answered with."""
+    if kinds is None:
+        return None
+    mask = np.zeros(len(KIND_CODES) + 1, dtype=bool)
+    for kind in kinds:
+        mask[KIND_CODES[kind]] = True
+    return mask
+
+
 def idempotent_id(api_key_id: str, idempotency_key: str) -> uuid.UUID:
     """The recommendation id of a request sent with an `Idempotency-Key`: the same for every
     retry, and scoped to the API key, so that two clients' keys can never collide."""
@@ -81,12 +89,6 @@ def _reused() -> ProblemError:
         "new request",
         field="Idempotency-Key",
     )
-
-
-def tiebreak(user: str, item: str) -> float:
-    """A fixed pseudo-random order of equal scores, different for every listener."""
-    digest = hashlib.blake2b(f"{user}\0{item}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
 
 
 class Recommender:
@@ -144,35 +146,6 @@ class Recommender:
             np.array([w for _, w in known], dtype=np.float64),
         )
 
-    def _candidates(
-        self,
-        user: str,
-        ids: Iterable[str],
-        live: dict[str, LiveItem],
-        index: LoadedIndex | None,
-        vector: np.ndarray | None,
-        affinity: dict[str, float],
-    ) -> list[Candidate]:
-        out = []
-        for item in ids:
-            score = self._scores.get(item)
-            aff = affinity.get(item)
-            if aff is None and vector is not None and index is not None:
-                row = index.item_row.get(item)
-                aff = float(index.item_vectors[row] @ vector) if row is not None else 0.0
-            out.append(
-                Candidate(
-                    item_id=item,
-                    group=live[item].group,
-                    affinity=aff or 0.0,
-                    reward_mean=score.reward_mean,
-                    reward_sd=score.reward_sd,
-                    long_term=score.long_term,
-                    tiebreak=tiebreak(user, item),
-                )
-            )
-        return out
-
     async def _gather(
         self,
         user: str,
@@ -183,31 +156,68 @@ class Recommender:
         rng: random.Random,
         *,
         replays: bool,
-    ) -> list[Candidate]:
-        """The eligible, scored candidates for one listener."""
-        live = await self._catalog.live()
-        kinds = allowed_kinds(surface, kinds_wanted)
+    ) -> Pool:
+        """The eligible, scored candidates for one listener, as arrays.
+
+        Costs O(candidates), whatever the catalogue's size: candidates are the listener's
+        precomputed ones (or, for a listener the index has not seen, a bounded tree search from
+        a folded-in vector), the caller's in rerank mode, and a sample of the exploration pools;
+        they are filtered and scored by indexing the item table's arrays with their rows."""
+        table = await self._catalog.table()
+        index = table.index if isinstance(table.index, LoadedIndex) else None
+        mask = kinds_mask(allowed_kinds(surface, kinds_wanted))
         excluded = set(exclude)
         if not replays:
             excluded |= await self.heard(user)
-        index = self._index.current
-        vector = await self.listener_vector(index, user) if index is not None else None
-        affinity: dict[str, float] = {}
+        vector = None
+        searched: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        dots: NDArray[np.float64] = np.zeros(0, dtype=np.float64)
         if caller is not None:
-            pool: list[str] = list(caller)
+            rows = table.rows_of(caller)
+            if index is not None:
+                vector = await self.listener_vector(index, user)
         else:
-            pool = []
-            if index is not None and vector is not None:
-                for item, dot in index.nearest(vector, INDEX_CANDIDATES):
-                    affinity[item] = dot
-                    pool.append(item)
-            pool += self._exploration_pool(live, index, rng)
-        eligible = [
-            i
-            for i in dict.fromkeys(pool)
-            if i in live and i not in excluded and (kinds is None or live[i].kind in kinds)
-        ]
-        return self._candidates(user, eligible, live, index, vector, affinity)
+            if index is not None:
+                known = index.listener_candidates(user)
+                if known is not None and len(known[0]):
+                    searched, dots = known
+                    vector = index.listener_vectors[index.listener_row[user]]
+                else:
+                    vector = await self.listener_vector(index, user)
+                    if vector is not None:
+                        searched, dots = index.nearest_rows(vector, INDEX_CANDIDATES)
+            rows = np.concatenate([table.from_index[searched], table.explore(rng)])
+        if len(rows) == 0:
+            return EMPTY
+        # The first of each row wins, in order (a searched row keeps its dot product).
+        _, first = np.unique(rows, return_index=True)
+        order = np.sort(first)
+        rows = rows[order]
+        keep = rows >= 0
+        safe = np.where(keep, rows, 0)
+        keep &= table.live[safe]
+        if mask is not None:
+            keep &= mask[table.kind[safe]]
+        if excluded:
+            keep &= ~np.isin(rows, table.rows_of(excluded))
+        rows, order = rows[keep], order[keep]
+        affinity = np.zeros(len(rows), dtype=np.float64)
+        if vector is not None and index is not None and len(rows):
+            at = table.index_row[rows]
+            indexed = at >= 0
+            affinity[indexed] = index.item_vectors[at[indexed]] @ vector
+            from_search = order < len(searched)
+            affinity[from_search] = dots[order[from_search]]
+        ids = table.ids
+        return Pool(
+            [ids[r] for r in rows.tolist()],
+            table.group[rows],
+            affinity,
+            table.reward_mean[rows],
+            table.reward_sd[rows],
+            table.long_term[rows],
+            tiebreaks(table.hash[rows], string_hash(user)),
+        )
 
     async def recommend(
         self, req: RecommendationIn, *, recommendation_id: uuid.UUID | None = None
@@ -238,7 +248,7 @@ class Recommender:
         candidates = await self._gather(
             user, req.surface, req.kinds, req.exclude, req.candidates, rng, replays=replays
         )
-        slate = draw_slate(candidates, req.n, self.params, rng) if candidates else ()
+        slate = draw(candidates, req.n, self.params, rng) if len(candidates) else ()
         return await self._log_once(
             rid,
             same,
@@ -281,7 +291,7 @@ class Recommender:
             await self._gather(m, req.surface, req.kinds, req.exclude, None, rng, replays=replays)
             for m in members
         ]
-        slate = draw_blend(lists, req.n, self.params, rng) if any(lists) else ()
+        slate = draw_blend_pools(lists, req.n, self.params, rng) if any(map(len, lists)) else ()
         return await self._log_once(
             rid,
             same,
@@ -336,7 +346,7 @@ class Recommender:
             return logged
         rng = seed_from(recommendation_id.int)
         candidates = await self._gather(user, Surface.HOME, [], [], None, rng, replays=False)
-        slate = draw_slate(candidates, n, self.params, rng) if candidates else ()
+        slate = draw(candidates, n, self.params, rng) if len(candidates) else ()
         try:
             return await self._log(recommendation_id, user, DISCOVER, slate, n=n)
         except WrongExpectedVersion:
@@ -352,14 +362,17 @@ class Recommender:
         and listening history are used: what the request saw then is not kept."""
         rng = seed_from(served.recommendation_id.int)
         if served.surface == DISCOVER:
-            return [await self._gather(served.user, Surface.HOME, [], [], None, rng, replays=False)]
+            pool = await self._gather(served.user, Surface.HOME, [], [], None, rng, replays=False)
+            return [pool.candidates()]
         surface = Surface(served.surface)
         kinds = [ItemKind(k) for k in served.kinds]
         caller = list(served.candidates) if served.candidates is not None else None
         replays = surface in REPLAYS_ALLOWED or caller is not None
         members = list(served.members) or [served.user]
         return [
-            await self._gather(m, surface, kinds, served.exclude, caller, rng, replays=replays)
+            (
+                await self._gather(m, surface, kinds, served.exclude, caller, rng, replays=replays)
+            ).candidates()
             for m in members
         ]
 
@@ -380,16 +393,6 @@ class Recommender:
         vector = index.item_vectors[index.item_row[item_id]]
         near = index.nearest(vector, n + 1)
         return [(i, d) for i, d in near if i != item_id][:n], index.version
-
-    def _exploration_pool(
-        self, live: dict[str, LiveItem], index: LoadedIndex | None, rng: random.Random
-    ) -> list[str]:
-        """New items (not in the index yet), uncertain ones, and the best by reward."""
-        new = [i for i in live if index is None or i not in index.item_row]
-        uncertain = [i for i in live if self._scores.get(i).served < UNCERTAIN_BELOW]
-        pool = rng.sample(sorted(new), min(EXPLORE_NEW, len(new)))
-        pool += rng.sample(sorted(uncertain), min(EXPLORE_UNCERTAIN, len(uncertain)))
-        return pool + self._scores.best(COLD_START, self.params.w_long_term)
 
     async def _log(
         self,
@@ -437,3 +440,23 @@ class Recommender:
             expected={event.stream_id(): NO_STREAM},
         )
         return event
+
+
+def follow(table: ItemTable, index: IndexHolder, scores: ItemScores) -> None:
+    """Keep `table` mapped to the current index and scored with the current scores: the hooks
+    run in the background tasks that swap indexes and refresh scores, never in a request."""
+
+    def loaded(current: LoadedIndex) -> None:
+        table.set_index(current)
+        table.refresh_pools()
+
+    def refreshed(s: ItemScores) -> None:
+        table.set_scores(s.scores, s.unseen)
+        table.refresh_pools()
+
+    index.on_load.append(loaded)
+    scores.on_refresh.append(refreshed)
+    table.set_index(index.current)
+    if scores.refreshed_at is not None:
+        table.set_scores(scores.scores, scores.unseen)
+    table.refresh_pools()

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -21,6 +21,7 @@ import numpy as np
 from domain.longterm import observed_days, posterior
 from domain.reward_fold import day_number
 from gateway.background import run_every
+from gateway.items import ItemScore
 from gateway.metrics import SCORES_REFRESHED
 from gateway.projections import q
 from gateway.rewards_reader import LiveVersions, fit_prior_at
@@ -30,14 +31,6 @@ log = logging.getLogger(__name__)
 # Pseudo-impressions of the prior: how much evidence it takes to move away from zero.
 PRIOR_IMPRESSIONS = 20.0
 PRIOR_VARIANCE = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class ItemScore:
-    served: int
-    reward_mean: float
-    reward_sd: float
-    long_term: float
 
 
 UNSEEN_SD = math.sqrt(PRIOR_VARIANCE / PRIOR_IMPRESSIONS)
@@ -74,12 +67,15 @@ class ItemScores:
         # gets too, so being unseen is neither a penalty nor a bonus on the long-term part.
         self.unseen = ItemScore(0, 0.0, UNSEEN_SD, 0.0)
         self.refreshed_at: float | None = None
+        # Called after each refresh: the serving table copies the scores into its arrays.
+        self.on_refresh: list[Callable[[ItemScores], None]] = []
 
     def get(self, item_id: str) -> ItemScore:
         return self.scores.get(item_id, self.unseen)
 
     def best(self, n: int, w_long_term: float) -> list[str]:
-        """The items with the best expected reward: what a listener with no history gets."""
+        """The items with the best expected reward (requests use `ItemTable.best`, computed
+        at each refresh among live items; this sorts every scored item)."""
         ranked = sorted(
             self.scores.items(),
             key=lambda kv: (-(kv[1].reward_mean + w_long_term * kv[1].long_term), kv[0]),
@@ -132,6 +128,8 @@ class ItemScores:
         self.unseen = ItemScore(0, 0.0, UNSEEN_SD, baseline)
         self.refreshed_at = time.monotonic()
         SCORES_REFRESHED.set_to_current_time()
+        for hook in self.on_refresh:
+            hook(self)
 
     async def watch(self) -> None:
         """Refresh every `every` seconds for as long as the process runs; an outage or a bad

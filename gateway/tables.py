@@ -138,6 +138,14 @@ catalog_items = sa.Table(
     sa.Column(
         "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
+    # The transaction that wrote the row last: the gateways' change feed (migration 0006).
+    sa.Column(
+        "tx_id",
+        sa.BigInteger,
+        nullable=False,
+        server_default=sa.text("(pg_current_xact_id()::text::bigint)"),
+    ),
+    sa.Index("ix_catalog_items_tx_id", "tx_id"),
 )
 
 # One row per version of each projection. The live version serves reads; a rebuild fills a

@@ -10,11 +10,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import numpy as np
+from annoy import AnnoyIndex
 
 from domain.embeddings import AlsParams
 from domain.events import ItemUpserted, OutcomeKind, OutcomeRecorded, to_payload
 from gateway.event_store import PostgresEventStore
-from gateway.indexes import MANIFEST, IndexHolder, IndexParams, build_and_publish
+from gateway.indexes import (
+    MANIFEST,
+    MAPPED,
+    IndexHolder,
+    IndexParams,
+    _hash_file,
+    build_and_publish,
+    candidate_recall,
+    load,
+    top_candidates,
+)
 from gateway.projections import PROJECTIONS
 from gateway.projector import Runner
 from gateway.store_api import NewEvent
@@ -82,6 +94,24 @@ async def test_build_publish_load_and_query(
     assert sum(int(item[2:]) < 30 for item in top) >= 8
     assert not await holder.refresh()  # nothing new
 
+    # Every listener's candidates were precomputed, exactly at this size, and their recall
+    # against exact search is in the manifest.
+    assert manifest["candidates"] == {
+        "k": 60,
+        "method": "exact",
+        "recall_at_10": 1.0,
+        "sampled": 40,
+    }
+    for listener, row in index.listener_row.items():
+        known = index.listener_candidates(listener)
+        assert known is not None
+        rows, dots = known
+        exact = index.item_vectors @ index.listener_vectors[row]
+        assert sorted(rows.tolist()) == list(range(60))
+        assert np.allclose(dots, exact[rows], atol=1e-5)
+        assert np.all(np.diff(dots) <= 1e-6)  # best first
+    assert index.listener_candidates("never-seen") is None
+
 
 async def test_swap_under_load_and_damaged_files(
     pg_store: PostgresEventStore, pool: asyncpg.Pool, db_url: str, tmp_path: Path
@@ -119,7 +149,7 @@ async def test_swap_under_load_and_damaged_files(
     assert min(served) > 0
     assert holder.current is not first
     # Old versions are pruned: the three newest folders remain.
-    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 3
+    assert len([p for p in tmp_path.iterdir() if p.is_dir() and p.name != MAPPED]) == 3
 
     # A damaged new version is refused; the process keeps serving the one it has.
     good = holder.current
@@ -129,3 +159,76 @@ async def test_swap_under_load_and_damaged_files(
     assert not await holder.refresh()
     assert holder.current is good
     assert holder.error is not None
+
+
+def test_candidates_by_annoy_beyond_the_exact_budget_and_their_recall() -> None:
+    """Above `exact_pairs` the candidates come from the tree; recall is measured, not assumed."""
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(500, 8))
+    users = rng.normal(size=(30, 8))
+    tree = AnnoyIndex(8, "dot")
+    for i, v in enumerate(items):
+        tree.add_item(i, v.tolist())
+    tree.build(10, n_jobs=1)
+    exact_rows, _exact_dots, method = top_candidates(users, items, tree, 10_000, k=50)
+    assert method == "exact"
+    want = np.argsort(-(users @ items.T), axis=1)[:, :50]
+    assert (exact_rows == want).all()
+    annoy_rows, _, method = top_candidates(users, items, tree, 10_000, k=50, exact_pairs=0)
+    assert method == "annoy"
+    sample = np.arange(30)
+    assert candidate_recall(exact_rows, users, items, sample) == 1.0
+    assert 0.5 <= candidate_recall(annoy_rows, users, items, sample) <= 1.0
+    # A listener whose list lost its true best items is measured as such.
+    worse = annoy_rows.copy()
+    worse[:, :10] = worse[:, 40:50]
+    assert candidate_recall(worse, users, items, sample) < 0.5
+
+
+async def test_the_processes_of_a_host_share_one_verified_read_only_copy(
+    pg_store: PostgresEventStore, pool: asyncpg.Pool, db_url: str, tmp_path: Path
+) -> None:
+    await seed(pg_store, pool, db_url)
+    entry = await build_and_publish(db_url, tmp_path, PARAMS)
+    first, second = load(tmp_path, entry), load(tmp_path, entry)
+    copies = {p.name.split("-", 2)[2]: p for p in (tmp_path / MAPPED).iterdir()}
+    assert set(copies) == {
+        "items.ann",
+        "item_vectors.npy",
+        "listeners.npy",
+        "candidates.npy",
+        "candidate_scores.npy",
+    }
+    for path in copies.values():
+        assert path.name.startswith(entry["version"] + "-")
+        assert path.stat().st_mode & 0o222 == 0  # nobody writes a mapped file in place
+    # Both map the same file: its pages are shared, not copied into each process.
+    assert isinstance(first.item_vectors, np.memmap)
+    assert isinstance(second.item_vectors, np.memmap)
+    assert first.item_vectors.filename == second.item_vectors.filename
+
+    # A copy damaged since is not used: the next loader replaces it with a verified one.
+    # (Put in its place, not written into it: the processes above map it, and writing a mapped
+    # file in place is exactly what must never happen to them.)
+    damaged = copies["item_vectors.npy"]
+    damaged.unlink()
+    damaged.write_bytes(b"garbage")
+    third = load(tmp_path, entry)
+    published = np.load(tmp_path / entry["folder"] / "item_vectors.npy")
+    assert np.array_equal(third.item_vectors, published)
+    assert np.array_equal(first.item_vectors, published)
+    want = entry["files"]["item_vectors.npy"]
+    assert _hash_file(damaged) == (want["bytes"], want["sha256"])
+
+    # Truncating the published files does not reach what the processes map.
+    (tmp_path / entry["folder"] / "items.ann").write_bytes(b"")
+    assert len(third.nearest(third.item_vectors[0], 5)) == 5
+
+    # Loading a newer version removes the older version's copies.
+    newer = await build_and_publish(db_url, tmp_path, PARAMS)
+    holder = IndexHolder(tmp_path)
+    assert await holder.refresh()
+    left = [p.name for p in (tmp_path / MAPPED).iterdir()]
+    assert left
+    assert all(name.startswith(newer["version"] + "-") for name in left)
+    assert len(first.nearest(first.item_vectors[0], 5)) == 5  # its pages are still mapped
