@@ -34,6 +34,7 @@ EXPLORE_NEW = 100  # items added since the index was built, at most, per request
 EXPLORE_UNCERTAIN = 50
 COLD_START = 100
 UNCERTAIN_BELOW = 50  # impressions
+PENDING_MAX = 1000  # rows gone live since the pools were computed, sampled beside them
 
 _T = TypeVar("_T", bound=np.generic)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -148,35 +149,53 @@ class ItemTable:
         self.long_term = grown(self.long_term, self.unseen.long_term)
 
     def apply(self, rows: Iterable[CatalogRow]) -> int:
-        """Upsert catalogue rows; returns how many there were. O(rows), amortised."""
-        changed = 0
+        """Upsert catalogue rows; returns how many there were. O(rows): Python work per row
+        is one dict look-up (and, for a new row, a hash); the arrays are written in bulk."""
+        at: list[int] = []
+        live: list[bool] = []
+        kinds: list[int] = []
+        groups: list[int] = []
+        added: list[int] = []
+        codes = self._group_codes
         for r in rows:
-            changed += 1
-            self.dirty = True
             row = self.row.get(r.item_id)
             if row is None:
                 row = len(self.ids)
-                self._grow(row + 1)
                 self.ids.append(r.item_id)
                 self.row[r.item_id] = row
-                self.hash[row] = string_hash(r.item_id)
-                if self.index is not None:
-                    at = self.index.item_row.get(r.item_id, -1)
-                    self.index_row[row] = at
-                    if at >= 0:
-                        self.from_index[at] = row
-                self._score(row, self._scores.get(r.item_id, self.unseen))
-            if not r.retired and not self.live[row]:
-                self._pending.append(row)
-            self.live_count += int(not r.retired) - int(self.live[row])
-            self.live[row] = not r.retired
-            self.kind[row] = KIND_CODES.get(r.kind, 0)
-            self.group[row] = (
-                0
-                if r.group is None
-                else self._group_codes.setdefault(r.group, len(self._group_codes) + 1)
-            )
-        return changed
+                added.append(row)
+            at.append(row)
+            live.append(not r.retired)
+            kinds.append(KIND_CODES.get(r.kind, 0))
+            groups.append(0 if r.group is None else codes.setdefault(r.group, len(codes) + 1))
+        if not at:
+            return 0
+        self.dirty = True
+        self._grow(len(self.ids))
+        if added:
+            new = np.array(added, dtype=np.int64)
+            self.hash[new] = [string_hash(self.ids[a]) for a in added]
+            if self.index is not None:
+                get = self.index.item_row.get
+                in_index = np.array([get(self.ids[a], -1) for a in added], dtype=np.int64)
+                self.index_row[new] = in_index
+                mapped = in_index >= 0
+                self.from_index[in_index[mapped]] = new[mapped]
+            for a in added:
+                s = self._scores.get(self.ids[a])
+                if s is not None:
+                    self._score(a, s)
+        rows_at = np.array(at, dtype=np.int64)
+        now_live = np.array(live, dtype=bool)
+        was_live = self.live[rows_at]
+        self._pending.extend(rows_at[now_live & ~was_live].tolist())
+        self.live_count += int(now_live.sum()) - int(was_live.sum())
+        self.live[rows_at] = now_live
+        self.kind[rows_at] = kinds
+        self.group[rows_at] = groups
+        if len(self._pending) > PENDING_MAX:
+            self.refresh_pools()  # a bulk load: recompute once rather than sample a long list
+        return len(at)
 
     def _score(self, row: int, s: ItemScore) -> None:
         self.served[row] = s.served
