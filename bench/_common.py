@@ -27,9 +27,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from domain.events import OutcomeKind
-from gateway.auth import Scope, create_key
 from gateway.client import SegueClient
-from gateway.database import migrate
+from gateway.http.auth import Scope, create_key
+from gateway.store.database import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "out"  # plots; git ignores it

@@ -42,8 +42,8 @@ from numpy.typing import NDArray
 from scipy.sparse import csr_matrix
 
 from domain.embeddings import AlsParams, confidence, fit_als
-from gateway.indexes import IndexParams
-from gateway.wheels import fetch_wheel
+from gateway.analysis.wheels import fetch_wheel
+from gateway.index.build import IndexParams
 
 Fit = Callable[
     [NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], int, int], NDArray[np.float64]

@@ -3,7 +3,7 @@
     python bench/annoy_recall.py [--queries 500] [--repeats 3] [--trees 10,25,50,100]
                                  [--wheel recbole-1.2.1-py3-none-any.whl]
 
-Two item sets, each indexed exactly as gateway.indexes.build does (metric "dot", the configured
+Two item sets, each indexed exactly as gateway.index.build.build does (metric "dot", the configured
 seed, one build thread):
   1. MovieLens-100K, read straight from the recbole==1.2.1 wheel (fetched with `pip download` into
      a temporary folder unless --wheel names one), every rating taken as one implicit interaction
@@ -41,8 +41,8 @@ from annoy import AnnoyIndex
 from numpy.typing import NDArray
 
 from domain.embeddings import fit_als
-from gateway.indexes import IndexParams
-from gateway.wheels import fetch_wheel
+from gateway.analysis.wheels import fetch_wheel
+from gateway.index.build import IndexParams
 
 K = 10
 RECBOLE = "recbole==1.2.1"
@@ -126,7 +126,7 @@ def exact_qps(
 
 
 def build_annoy(vectors: Vectors, trees: int, seed: int) -> Any:
-    # The same steps as gateway.indexes.build, so the figures are the gateway's.
+    # The same steps as gateway.index.build.build, so the figures are the gateway's.
     index = AnnoyIndex(vectors.shape[1], "dot")
     index.set_seed(seed)
     for i, vector in enumerate(vectors):

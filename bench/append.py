@@ -30,8 +30,8 @@ import asyncpg
 import orjson
 
 from domain.events import OutcomeKind, OutcomeRecorded, to_payload
-from gateway.event_store import Connection, PostgresEventStore
-from gateway.store_api import NewEvent
+from gateway.store.api import NewEvent
+from gateway.store.postgres import Connection, PostgresEventStore
 
 from _common import EVENT_COLUMNS, add_url_argument, throwaway_database
 

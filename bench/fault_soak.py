@@ -23,7 +23,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.database import migrate
+from gateway.store.database import migrate
 from tests.faults.helpers import (
     Gateway,
     Load,

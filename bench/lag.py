@@ -21,7 +21,7 @@ import time
 import asyncpg
 
 from gateway.client import outcome
-from gateway.projector import status
+from gateway.projections.runner import status
 
 from _common import add_url_argument, bench_key, quantile, serving, throwaway_database
 

@@ -72,9 +72,9 @@ from numpy.typing import NDArray
 from domain.embeddings import AlsParams, fit_als
 from domain.events import OutcomeKind
 from domain.rewards import DEFAULT
+from gateway.analysis.wheels import fetch_wheel
 from gateway.client import SegueClient, SegueError, outcome
-from gateway.indexes import IndexParams
-from gateway.wheels import fetch_wheel
+from gateway.index.build import IndexParams
 
 from _common import add_url_argument, bench_key, quantile, serving, throwaway_database
 

@@ -15,7 +15,7 @@ process, the CLI's own code path) for three targets:
   best       a deterministic policy: the other log's best item per position (a CSV target).
 
 and prints every estimator's estimate and interval beside an independent numpy computation of
-obp's formulas on the CSV (`gateway.obd.reference_estimates`), with the largest absolute
+obp's formulas on the CSV (`gateway.analysis.obd.reference_estimates`), with the largest absolute
 difference over every estimate and bound: the one figure this benchmark exists for.
 """
 
@@ -32,10 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.catalog import CatalogProjection
-from gateway.database import create_pool
-from gateway.event_store import PostgresEventStore
-from gateway.obd import (
+from gateway.analysis.obd import (
     best_items,
     compare,
     dense,
@@ -46,6 +43,9 @@ from gateway.obd import (
     reference_estimates,
     write_target_csv,
 )
+from gateway.projections.catalog import CatalogProjection
+from gateway.store.database import create_pool
+from gateway.store.postgres import PostgresEventStore
 
 from _common import ROOT, add_url_argument, throwaway_database
 

@@ -27,8 +27,8 @@ import orjson
 
 from domain.events import OutcomeKind
 from domain.rewards import DEFAULT
-from gateway.projections import PROJECTIONS
-from gateway.projector import Runner, head
+from gateway.projections.definitions import PROJECTIONS
+from gateway.projections.runner import Runner, head
 
 from _common import EVENT_COLUMNS, add_url_argument, synthetic_log, throwaway_database
 

@@ -18,8 +18,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from gateway.database import create_pool
-from gateway.listeners import Pseudonyms
+from gateway.serving.listeners import Pseudonyms
+from gateway.store.database import create_pool
 
 from _common import add_url_argument, throwaway_database
 

@@ -33,7 +33,7 @@ For each catalogue size N, on a throw-away database (one per size):
    give CPU ms per request.
 5. minimal: an aiohttp app whose POST handler answers a real 10-item response body (captured
    from the gateway just before) runs with the same W under the same process model (W = 1: one
-   process; W > 1: `gateway.supervisor.supervise`, SO_REUSEPORT, as `segue serve --workers`),
+   process; W > 1: `gateway.cli.supervisor.supervise`, SO_REUSEPORT, as `segue serve --workers`),
    warmed up and measured with the same wrk script. Throughput ratio = Segue / minimal (1 is
    as fast as aiohttp can be here); p99 ratio = Segue's p99 / minimal's.
 
@@ -81,7 +81,7 @@ from gateway.client import SegueClient, outcome
 from _common import ROOT, add_url_argument, bench_key, free_port, serving, throwaway_database
 
 DIMS = 64
-ITEMS_PER_REQUEST = 1000  # the API's largest batch (gateway.schemas.MAX_ITEMS)
+ITEMS_PER_REQUEST = 1000  # the API's largest batch (gateway.serving.requests.MAX_ITEMS)
 OUTCOMES_PER_REQUEST = 1000
 TIME = "/usr/bin/time"
 SELF = Path(__file__).resolve()
@@ -598,7 +598,7 @@ def minimal_main(argv: Sequence[str]) -> None:
     if workers == 1:
         run_minimal(body, "127.0.0.1", port, False)
         return
-    from gateway.supervisor import supervise
+    from gateway.cli.supervisor import supervise
 
     sys.exit(supervise(run_minimal, (body, "127.0.0.1", port, True), workers))
 

@@ -2,7 +2,7 @@
 
 Every event type has a `schema_version`. Payloads are stored as JSON; `to_payload` writes the
 current version and `domain.upcasting.decode` reads any version ever written. Listener identifiers
-in events are always pseudonyms (see `gateway.listeners`), never what the client sent.
+in events are always pseudonyms (see `gateway.serving.listeners`), never what the client sent.
 """
 
 from __future__ import annotations

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
-from typing import Any
-
-from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
-
-from gateway.projector import Status
 
 REQUESTS = Counter(
     "segue_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -39,29 +32,3 @@ INDEX_DAMAGED = Gauge(
 INDEX_LOAD_FAILURES = Counter(
     "segue_index_load_failures_total", "Published index versions found damaged or unloadable"
 )
-
-
-def publish_lag(rows: Iterable[Status]) -> None:
-    for r in rows:
-        if r.status == "live":
-            LAG_EVENTS.labels(r.name).set(r.lag_events)
-            LAG_SECONDS.labels(r.name).set(r.lag_seconds)
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    # The route template, not the path, so item ids don't explode the label set.
-    info = request.match_info.route.resource
-    route = info.canonical if info is not None else "unmatched"
-    start = time.perf_counter()
-    status = 500
-    try:
-        response: web.StreamResponse = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        REQUESTS.labels(request.method, route, str(status)).inc()
-        LATENCY.labels(request.method, route).observe(time.perf_counter() - start)

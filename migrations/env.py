@@ -1,4 +1,4 @@
-"""Alembic environment: async engine, target metadata from gateway.tables.
+"""Alembic environment: async engine, target metadata from gateway.store.tables.
 
 A caller may hand over an open connection in `config.attributes["connection"]` (the tests and
 `segue db` do), otherwise the URL comes from SEGUE_DATABASE_URL or the embedded server.
@@ -13,7 +13,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.tables import metadata
+from gateway.store.tables import metadata
 
 config = context.config
 target_metadata = metadata
@@ -38,7 +38,7 @@ async def _run_async_migrations(url: str) -> None:
 
 
 def run_migrations_offline() -> None:
-    from gateway.database import configured_url
+    from gateway.store.database import configured_url
 
     context.configure(
         url=configured_url(sqlalchemy=True, start_embedded=False),
@@ -55,7 +55,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _do_run_migrations(connection)
         return
-    from gateway.database import configured_url
+    from gateway.store.database import configured_url
 
     asyncio.run(_run_async_migrations(configured_url(sqlalchemy=True)))
 

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from gateway.database import create_pool, migrate
-from gateway.event_store import PostgresEventStore
+from gateway.store.database import create_pool, migrate
+from gateway.store.postgres import PostgresEventStore
 
 RUN_ID = secrets.token_hex(4)
 
@@ -64,7 +64,7 @@ def server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from gateway.embedded import start_embedded
+    from gateway.store.embedded import start_embedded
 
     folder = Path(tempfile.mkdtemp(prefix="segue-test-pg-"))
     url, server = start_embedded(folder)

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from domain.rewards import DEFAULT
-from gateway.event_schemas import refresh_event_types
+from gateway.store.schemas import refresh_event_types
 
 revision: str = "0003"
 down_revision: str | None = "0002"

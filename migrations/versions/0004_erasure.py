@@ -6,7 +6,7 @@ Create Date: 2026-11-25
 
 No table changes: forgetting deletes `listeners` rows and the projections (whose tables the
 projector creates) drop their own. Databases already at 0003 only need the new event's schema
-published for analysts, as `gateway.event_schemas.refresh_event_types` asks of every migration
+published for analysts, as `gateway.store.schemas.refresh_event_types` asks of every migration
 that comes with a new event type.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from gateway.event_schemas import refresh_event_types
+from gateway.store.schemas import refresh_event_types
 
 revision: str = "0004"
 down_revision: str | None = "0003"

@@ -26,10 +26,10 @@ from aiohttp import ClientSession, ClientTimeout
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from gateway.app import create_app
-from gateway.auth import Scope, create_key
 from gateway.client import SegueClient
-from gateway.problems import PROBLEM_JSON, TYPE_BASE
+from gateway.http.app import create_app
+from gateway.http.auth import Scope, create_key
+from gateway.http.problems import PROBLEM_JSON, TYPE_BASE
 from gateway.settings import Settings
 from tests.conftest import fresh_database
 

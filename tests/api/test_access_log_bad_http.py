@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.access_log import RouteAccessLogger
-from gateway.app import create_app
+from gateway.http.access_log import RouteAccessLogger
+from gateway.http.app import create_app
 from gateway.settings import Settings
 from tests.api.conftest import raw_http
 

@@ -23,7 +23,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from gateway.problems import PROBLEM_JSON
+from gateway.http.problems import PROBLEM_JSON
 from tests.api.conftest import Api, Reply, expect_problem, raw_http
 from tests.conftest import unhandled_loop_errors_fail
 

@@ -1,7 +1,7 @@
 """Every /v1 route needs a bearer key with its scope, checked before anything else is looked at;
 keys can be revoked; only a hash of a key is ever stored.
 
-The routes come from `gateway.routes.ENDPOINTS`, so a route added there is covered here (and a
+The routes come from `gateway.http.routes.ENDPOINTS`, so a route added there is covered here (and a
 route with a new body model fails `test_every_guarded_route_is_covered` until it gets one below).
 """
 
@@ -18,9 +18,10 @@ import pytest
 import pytest_asyncio
 from pydantic import BaseModel
 
-from gateway import schemas
-from gateway.auth import Scope, create_key, revoke_key
-from gateway.routes import ENDPOINTS, Endpoint
+from gateway.http.auth import Scope, create_key, revoke_key
+from gateway.http.endpoint import Endpoint
+from gateway.http.routes import ENDPOINTS
+from gateway.serving import requests as schemas
 from tests.api.conftest import Api, KeyMaker, expect_problem
 from tests.conftest import unhandled_loop_errors_fail
 
@@ -226,7 +227,7 @@ async def test_only_the_service_routes_are_open() -> None:
 
 async def test_every_route_the_app_serves_comes_from_the_table(shared_db_url: str) -> None:
     """Nothing is registered beside ENDPOINTS, so the tests above cover every route served."""
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.settings import Settings
 
     app = create_app(Settings(database_url=shared_db_url), shared_db_url)

@@ -17,7 +17,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from gateway.schemas import MAX_ITEMS, MAX_JSON_DEPTH, MAX_JSON_NODES, MAX_OUTCOMES
+from gateway.serving.requests import MAX_ITEMS, MAX_JSON_DEPTH, MAX_JSON_NODES, MAX_OUTCOMES
 from gateway.settings import Settings
 from tests.api.conftest import Api, count_events, expect_problem
 from tests.conftest import unhandled_loop_errors_fail

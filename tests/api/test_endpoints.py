@@ -30,7 +30,7 @@ from domain.events import (
 from domain.ranking import PolicyParams
 from domain.upcasting import decode
 from gateway.client import SegueClient, SegueError, outcome
-from gateway.routes import ENDPOINTS
+from gateway.http.routes import ENDPOINTS
 from tests.api.conftest import Api, count_events, expect_problem, serving
 
 

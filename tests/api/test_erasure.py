@@ -17,12 +17,12 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout
 from aiohttp.test_utils import TestServer
 
-from gateway.access_log import RouteAccessLogger
-from gateway.app import create_app
-from gateway.auth import Scope
+from gateway.analysis.event_io import Filters, JsonlSink, ParquetSink, export_events
 from gateway.client import SegueClient, outcome
-from gateway.event_io import Filters, JsonlSink, ParquetSink, export_events
-from gateway.projections import PROJECTIONS
+from gateway.http.access_log import RouteAccessLogger
+from gateway.http.app import create_app
+from gateway.http.auth import Scope
+from gateway.projections.definitions import PROJECTIONS
 from gateway.settings import Settings
 from tests.api.conftest import (
     Api,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from gateway.auth import Scope
 from gateway.client import outcome
+from gateway.http.auth import Scope
 from tests.api.conftest import Api, admin_status, index_built, projections_caught_up
 
 

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from aiohttp import ClientSession
 
-from gateway.auth import Scope, create_key, revoke_key
+from gateway.http.auth import Scope, create_key, revoke_key
 from tests.api.conftest import Api, raw_http, serving
 
 JSON = "application/json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import ClientSession
 
-from gateway.auth import Scope
+from gateway.http.auth import Scope
 from tests.api.conftest import Api, expect_problem, key_maker, serving
 
 
@@ -34,7 +34,7 @@ async def test_a_key_over_its_limit_is_told_when_to_come_back(db_url: str) -> No
 async def test_every_guarded_route_is_rate_limited(db_url: str) -> None:
     """The limiter sits in the guard every /v1 route of ENDPOINTS goes through: each route, with
     a fresh key of its scope, answers 429 with Retry-After once that key's burst is spent."""
-    from gateway.routes import ENDPOINTS
+    from gateway.http.routes import ENDPOINTS
 
     guarded = [ep for ep in ENDPOINTS if ep.scope is not None]
     conn = await asyncpg.connect(db_url)

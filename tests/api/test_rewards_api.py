@@ -24,8 +24,8 @@ from domain.events import RecommendationServed, SlateEntry
 from domain.longterm import posterior, uninformed_prior
 from domain.reward_fold import day_number
 from domain.rewards import DEFAULT
-from gateway.auth import Scope
 from gateway.client import outcome
+from gateway.http.auth import Scope
 from tests.api.conftest import Api, KeyMaker, Reply, expect_problem, serving
 from tests.integration.projection_helpers import append_in_order, day_start, eventually
 

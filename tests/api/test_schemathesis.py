@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.auth import Scope
+from gateway.http.auth import Scope
 from tests.api.conftest import Api, KeyMaker, admin_status, serving
 from tests.integration.projection_helpers import eventually
 

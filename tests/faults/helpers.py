@@ -34,7 +34,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from gateway.embedded import _ensure_runtime_dir
+from gateway.store.embedded import _ensure_runtime_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
@@ -507,7 +507,7 @@ async def seed_catalogue(base_url: str, key: str, n: int) -> None:
 
 
 async def make_key(db_url: str) -> str:
-    from gateway.auth import Scope, create_key
+    from gateway.http.auth import Scope, create_key
 
     conn = await asyncpg.connect(db_url)
     try:

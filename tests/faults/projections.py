@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from gateway.projections import PROJECTIONS
-from gateway.store_api import Position
+from gateway.projections.definitions import PROJECTIONS
+from gateway.store.api import Position
 from tests.integration.projection_helpers import (
     DEADLINE,
     assert_same_rows,

@@ -23,7 +23,7 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway.problems import PROBLEM_JSON
+from gateway.http.problems import PROBLEM_JSON
 from tests.faults.helpers import Gateway, catalogue, make_key, seed_catalogue, summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

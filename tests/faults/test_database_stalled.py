@@ -19,8 +19,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gateway.database import CONNECT_TIMEOUT_SECONDS, migrate
-from gateway.problems import PROBLEM_JSON
+from gateway.http.problems import PROBLEM_JSON
+from gateway.store.database import CONNECT_TIMEOUT_SECONDS, migrate
 from tests.faults.helpers import (
     Gateway,
     Load,

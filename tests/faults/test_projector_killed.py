@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from gateway.store_api import Position
+from gateway.store.api import Position
 from tests.faults.helpers import (
     Gateway,
     Load,

@@ -42,12 +42,12 @@ from domain.longterm import (
 from domain.reward_fold import ORGANIC, RewardChanges, RewardState, day_number, fold
 from domain.rewards import DEFAULT, RewardDefinition
 from domain.upcasting import decode
-from gateway.database import create_pool
-from gateway.event_store import Connection, PostgresEventStore, row_to_event
-from gateway.projections import Projection, q
-from gateway.projector import Runner, Version, create_version
-from gateway.rewards_reader import SurfaceRewards, total_of
-from gateway.store_api import NewEvent, Position
+from gateway.projections.definitions import Projection, q
+from gateway.projections.rewards import SurfaceRewards, total_of
+from gateway.projections.runner import Runner, Version, create_version
+from gateway.store.api import NewEvent, Position
+from gateway.store.database import create_pool
+from gateway.store.postgres import Connection, PostgresEventStore, row_to_event
 
 K = OutcomeKind
 DEADLINE = 30.0

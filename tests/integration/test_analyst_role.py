@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from domain.rewards import DEFAULT
-from gateway.database import migrate
+from gateway.store.database import migrate
 from tests.integration.test_analytics import scenario
 
 README = Path(__file__).resolve().parents[2] / "README.md"

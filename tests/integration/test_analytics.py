@@ -28,10 +28,10 @@ from domain.events import (
 from domain.reward_fold import ORGANIC, RewardChanges, RewardState, fold
 from domain.rewards import DEFAULT, HOUR, RewardDefinition
 from domain.upcasting import decode
-from gateway.event_schemas import event_schemas
-from gateway.event_store import Connection
-from gateway.projections import RewardsProjection, q
-from gateway.projector import create_version
+from gateway.projections.definitions import RewardsProjection, q
+from gateway.projections.runner import create_version
+from gateway.store.postgres import Connection
+from gateway.store.schemas import event_schemas
 from tests.integration.projection_helpers import (
     K,
     Timed,

@@ -19,11 +19,11 @@ from aiohttp import web
 from domain.events import ItemUpserted, OutcomeKind, OutcomeRecorded, RecommendationServed
 from domain.ope import OpeConfig
 from domain.upcasting import decode
-from gateway.app import create_app
-from gateway.appkeys import RUNNERS
-from gateway.demo import SLATE_DAYS, DemoClock, Listener, Seeded, respond, seed
-from gateway.evaluation import Request, evaluate_log
-from gateway.report import gather
+from gateway.analysis.evaluation import Request, evaluate_log
+from gateway.analysis.report import gather
+from gateway.cli.demo_data import SLATE_DAYS, DemoClock, Listener, Seeded, respond, seed
+from gateway.http.app import create_app
+from gateway.http.appkeys import RUNNERS
 from gateway.settings import Settings
 from tests.integration.projection_helpers import log_end
 

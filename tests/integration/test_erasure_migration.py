@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from gateway.database import migrate
+from gateway.store.database import migrate
 
 
 async def forgotten_rows(url: str) -> int:

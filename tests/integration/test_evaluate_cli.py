@@ -30,14 +30,14 @@ from domain.events import (
 )
 from domain.ope import OpeConfig
 from domain.rewards import RewardDefinition
-from gateway.catalog import CatalogProjection
-from gateway.cli import main
-from gateway.evaluation import Request, evaluate_log, replay_log
-from gateway.evaluation_log import Filters
-from gateway.event_store import PostgresEventStore
-from gateway.projector import save_definition
-from gateway.recommendations import tiebreak
-from gateway.store_api import NewEvent
+from gateway.analysis.evaluation import Request, evaluate_log, replay_log
+from gateway.analysis.evaluation_log import Filters
+from gateway.cli.main import main
+from gateway.projections.catalog import CatalogProjection
+from gateway.projections.runner import save_definition
+from gateway.serving.recommendations import tiebreak
+from gateway.store.api import NewEvent
+from gateway.store.postgres import PostgresEventStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY1 = datetime(2026, 3, 2, 12, tzinfo=UTC)

@@ -28,9 +28,7 @@ from domain.events import (
     RecommendationServed,
     SlateEntry,
 )
-from gateway.catalog import CatalogProjection
-from gateway.database import create_pool
-from gateway.event_io import (
+from gateway.analysis.event_io import (
     BadLine,
     Filters,
     ImportResult,
@@ -41,8 +39,10 @@ from gateway.event_io import (
     read_jsonl,
     read_parquet,
 )
-from gateway.event_store import PostgresEventStore
-from gateway.projections import PROJECTIONS
+from gateway.projections.catalog import CatalogProjection
+from gateway.projections.definitions import PROJECTIONS
+from gateway.store.database import create_pool
+from gateway.store.postgres import PostgresEventStore
 from tests.conftest import fresh_database
 from tests.integration.projection_helpers import (
     Written,

@@ -23,8 +23,7 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway.event_store import STREAM_LOCK_KEYS, Connection, PostgresEventStore
-from gateway.store_api import (
+from gateway.store.api import (
     START,
     AppendResult,
     NewEvent,
@@ -32,6 +31,7 @@ from gateway.store_api import (
     StoredEvent,
     WrongExpectedVersion,
 )
+from gateway.store.postgres import STREAM_LOCK_KEYS, Connection, PostgresEventStore
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,8 +11,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from gateway.memory_store import InMemoryEventStore
-from gateway.store_api import (
+from gateway.store.api import (
     NO_STREAM,
     START,
     EventStore,
@@ -21,6 +20,7 @@ from gateway.store_api import (
     StoredEvent,
     WrongExpectedVersion,
 )
+from gateway.store.memory import InMemoryEventStore
 
 
 @pytest.fixture(params=["memory", "postgres"])

@@ -22,16 +22,16 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-import gateway.event_store as event_store
-from gateway.database import create_pool
-from gateway.event_store import STREAM_LOCK_KEYS, Connection, PostgresEventStore
-from gateway.store_api import (
+import gateway.store.postgres as event_store
+from gateway.store.api import (
     AppendResult,
     NewEvent,
     StoredEvent,
     StoreUnavailable,
     WrongExpectedVersion,
 )
+from gateway.store.database import create_pool
+from gateway.store.postgres import STREAM_LOCK_KEYS, Connection, PostgresEventStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,8 +10,8 @@ import random
 import asyncpg
 
 from domain.events import ListenerForgotten, OutcomeRecorded
-from gateway.projections import PROJECTIONS
-from gateway.projector import Runner
+from gateway.projections.definitions import PROJECTIONS
+from gateway.projections.runner import Runner
 from tests.integration.projection_helpers import (
     Sequence_,
     Written,

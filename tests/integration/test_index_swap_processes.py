@@ -19,8 +19,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gateway.auth import Scope, create_key
 from gateway.client import outcome
+from gateway.http.auth import Scope, create_key
 from tests.integration.test_cli import ROOT, SEGUE, free_port
 
 T = TypeVar("T")

@@ -15,21 +15,21 @@ from annoy import AnnoyIndex
 
 from domain.embeddings import AlsParams
 from domain.events import ItemUpserted, OutcomeKind, OutcomeRecorded, to_payload
-from gateway.event_store import PostgresEventStore
-from gateway.indexes import (
-    MANIFEST,
-    MAPPED,
-    IndexHolder,
+from gateway.index.build import (
     IndexParams,
-    _hash_file,
     build_and_publish,
     candidate_recall,
-    load,
+    exact_nearest,
+    recall_at_10,
     top_candidates,
+    tune_search_k,
 )
-from gateway.projections import PROJECTIONS
-from gateway.projector import Runner
-from gateway.store_api import NewEvent
+from gateway.index.files import MANIFEST, MAPPED, hash_file
+from gateway.index.holder import IndexHolder, load
+from gateway.projections.definitions import PROJECTIONS
+from gateway.projections.runner import Runner
+from gateway.store.api import NewEvent
+from gateway.store.postgres import PostgresEventStore
 from tests.integration.projection_helpers import log_end
 
 PARAMS = IndexParams(trees=20, als=AlsParams(factors=8, iterations=6, alpha=10.0))
@@ -218,7 +218,7 @@ async def test_the_processes_of_a_host_share_one_verified_read_only_copy(
     assert np.array_equal(third.item_vectors, published)
     assert np.array_equal(first.item_vectors, published)
     want = entry["files"]["item_vectors.npy"]
-    assert _hash_file(damaged) == (want["bytes"], want["sha256"])
+    assert hash_file(damaged) == (want["bytes"], want["sha256"])
 
     # Truncating the published files does not reach what the processes map.
     (tmp_path / entry["folder"] / "items.ann").write_bytes(b"")
@@ -232,3 +232,25 @@ async def test_the_processes_of_a_host_share_one_verified_read_only_copy(
     assert left
     assert all(name.startswith(newer["version"] + "-") for name in left)
     assert len(first.nearest(first.item_vectors[0], 5)) == 5  # its pages are still mapped
+
+
+def test_search_k_is_raised_until_the_recall_target_and_exact_search_is_exact() -> None:
+    rng = np.random.default_rng(4)
+    items = rng.normal(size=(3000, 16))
+    queries = rng.normal(size=(40, 16))
+    tree = AnnoyIndex(16, "dot")
+    for i, v in enumerate(items):
+        tree.add_item(i, v.tolist())
+    tree.build(10, n_jobs=1)
+    low = IndexParams(search_k=10, target_recall=0.97, max_search_k=100_000)
+    search_k, recall = tune_search_k(tree, items, queries, low)
+    assert recall_at_10(tree, items, queries, 10) < 0.97  # the start was not enough...
+    assert recall >= 0.97  # ...the tuned one is
+    assert search_k > 10
+    assert recall_at_10(tree, items, queries, search_k // 2) < 0.97 or search_k == 20
+    capped = IndexParams(search_k=10, target_recall=1.01, max_search_k=80)
+    assert tune_search_k(tree, items, queries, capped)[0] == 80  # never past the cap
+    rows, dots = exact_nearest(items, queries[0], 25)
+    want = np.argsort(-(items @ queries[0]))[:25]
+    assert rows.tolist() == want.tolist()
+    assert np.allclose(dots, (items @ queries[0])[want])

@@ -20,12 +20,12 @@ from domain.events import (
 )
 from domain.longterm import uninformed_prior
 from domain.rewards import DEFAULT
-from gateway.event_store import PostgresEventStore
-from gateway.projections import PROJECTIONS
-from gateway.projector import Runner
-from gateway.rewards_reader import LiveVersions
-from gateway.scores import PRIOR_IMPRESSIONS, PRIOR_VARIANCE, ItemScores
-from gateway.store_api import NewEvent
+from gateway.projections.definitions import PROJECTIONS
+from gateway.projections.rewards import LiveVersions
+from gateway.projections.runner import Runner
+from gateway.serving.scores import PRIOR_IMPRESSIONS, PRIOR_VARIANCE, ItemScores
+from gateway.store.api import NewEvent
+from gateway.store.postgres import PostgresEventStore
 from tests.integration.projection_helpers import log_end
 
 

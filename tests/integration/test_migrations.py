@@ -1,5 +1,5 @@
-"""Every migration goes up, down and up again; the migrated schema matches gateway.tables; plain
-`alembic` and `segue db` both work against SEGUE_DATABASE_URL."""
+"""Every migration goes up, down and up again; the migrated schema matches
+gateway.store.tables; plain `alembic` and `segue db` both work against SEGUE_DATABASE_URL."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.database import alembic_config, current_revision, migrate
 from gateway.settings import sqlalchemy_url
-from gateway.tables import metadata
+from gateway.store.database import alembic_config, current_revision, migrate
+from gateway.store.tables import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 

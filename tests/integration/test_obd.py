@@ -13,9 +13,7 @@ import asyncpg
 import numpy as np
 import pytest
 
-from gateway.catalog import CatalogProjection
-from gateway.event_store import PostgresEventStore
-from gateway.obd import (
+from gateway.analysis.obd import (
     ObdLog,
     best_items,
     compare,
@@ -27,6 +25,8 @@ from gateway.obd import (
     reference_estimates,
     write_target_csv,
 )
+from gateway.projections.catalog import CatalogProjection
+from gateway.store.postgres import PostgresEventStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("SEGUE_CACHE_DIR", Path.home() / ".cache" / "segue"))

@@ -35,8 +35,9 @@ from domain.events import (
 from domain.longterm import fit_prior, observed_days, posterior, uninformed_prior
 from domain.reward_fold import ORGANIC, RewardChanges, day_number
 from domain.rewards import DEFAULT
-from gateway.projections import PROJECTIONS, q
-from gateway.projector import (
+from gateway.projections.definitions import PROJECTIONS, q
+from gateway.projections.rewards import LiveVersions, RewardsReader, SurfaceRewards
+from gateway.projections.runner import (
     _LOCK_NAMESPACE,
     Runner,
     create_version,
@@ -44,8 +45,7 @@ from gateway.projector import (
     rebuild,
     status,
 )
-from gateway.rewards_reader import LiveVersions, RewardsReader, SurfaceRewards
-from gateway.store_api import Position
+from gateway.store.api import Position
 from tests.integration.projection_helpers import (
     Timed,
     Written,

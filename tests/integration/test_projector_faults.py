@@ -27,9 +27,9 @@ import asyncpg
 import pytest
 
 from domain.rewards import DEFAULT
-from gateway.projections import PROJECTIONS
-from gateway.projector import _LOCK_NAMESPACE
-from gateway.store_api import Position
+from gateway.projections.definitions import PROJECTIONS
+from gateway.projections.runner import _LOCK_NAMESPACE
+from gateway.store.api import Position
 from tests.integration.projection_helpers import (
     Written,
     assert_same_rows,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from gateway.listeners import Pseudonyms
+from gateway.serving.listeners import Pseudonyms
 
 
 class Clock:

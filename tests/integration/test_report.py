@@ -18,12 +18,12 @@ from domain.events import OutcomeRecorded, RecommendationServed
 from domain.ope import OpeConfig
 from domain.ranking import PolicyParams
 from domain.reward_fold import day_number
-from gateway.cli import main
-from gateway.evaluation import Request, evaluate_log
-from gateway.evaluation_log import Filters
-from gateway.projections import PROJECTIONS
-from gateway.projector import Runner
-from gateway.report import EstimateRow, gather, render
+from gateway.analysis.evaluation import Request, evaluate_log
+from gateway.analysis.evaluation_log import Filters
+from gateway.analysis.report import EstimateRow, gather, render
+from gateway.cli.main import main
+from gateway.projections.definitions import PROJECTIONS
+from gateway.projections.runner import Runner
 from tests.integration.projection_helpers import (
     Written,
     alive,

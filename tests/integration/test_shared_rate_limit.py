@@ -13,9 +13,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gateway.auth import Scope, create_key
-from gateway.database import create_pool
-from gateway.ratelimit import RateLimiter, SharedSpend
+from gateway.http.auth import Scope, create_key
+from gateway.http.ratelimit import RateLimiter, SharedSpend
+from gateway.store.database import create_pool
 from tests.integration.test_cli import free_port
 from tests.integration.test_index_swap_processes import all_ready, gateway, until
 

@@ -12,8 +12,8 @@ from jsonschema import Draft202012Validator
 from domain import payloads
 from domain.events import EVENT_TYPES, JSON, DomainEvent, to_payload
 from domain.upcasting import upcast
-from gateway.cli import main
-from gateway.event_schemas import (
+from gateway.cli.main import main
+from gateway.store.schemas import (
     DEFAULT_FOLDER,
     INDEX,
     MissingPayloadSchema,
@@ -95,7 +95,7 @@ def test_schemas_refuse_what_the_gateway_never_writes() -> None:
 
 def test_a_version_without_a_payload_class_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     trimmed = {k: v for k, v in payloads.PAYLOADS.items() if k != ("RecommendationServed", 3)}
-    monkeypatch.setattr("gateway.event_schemas.PAYLOADS", trimmed)
+    monkeypatch.setattr("gateway.store.schemas.PAYLOADS", trimmed)
     with pytest.raises(MissingPayloadSchema, match="RecommendationServed v3"):
         event_schemas()
     # Migrations still store what they can, rather than fail a deployment over documentation.

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from gateway.items import (
+from gateway.serving.items import (
     COLD_START,
     EXPLORE_NEW,
     EXPLORE_UNCERTAIN,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ratelimit import RateLimiter, retry_after
+from gateway.http.ratelimit import RateLimiter, retry_after
 
 
 class Clock:

@@ -1,0 +1,43 @@
+"""What the commands share: configuration, the database URL, logging."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from pydantic import ValidationError
+
+from gateway.settings import Settings
+
+
+def load_settings() -> Settings:
+    """The configuration, or a one-line-per-variable error."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  SEGUE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise click.ClickException("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def database_url(config: Settings) -> str:
+    """The database to use, saying so when it is the embedded one."""
+    from gateway.store.database import resolve_url
+
+    if config.database_url is None:
+        click.echo(f"segue: using the embedded PostgreSQL under {config.data_dir}", err=True)
+    return resolve_url(config)
+
+
+def setup_logging(config: Settings) -> None:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Their INFO lines (initdb output, Alembic plugin set-up) drown the gateway's own.
+    for chatty in ("pgserver", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

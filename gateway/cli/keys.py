@@ -1,0 +1,70 @@
+"""`segue keys`: API keys."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+
+from gateway.cli.common import database_url, load_settings
+
+
+@click.group()
+def keys() -> None:
+    """API keys."""
+
+
+async def _with_conn(url: str, fn: Any) -> Any:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await fn(conn)
+    finally:
+        await conn.close()
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--scopes", required=True, help="Comma-separated: recommend, ingest, catalog, admin.")
+def keys_create(name: str, scopes: str) -> None:
+    """Create a key and print it once, on stdout. Only its hash is stored."""
+    from gateway.http.auth import create_key, parse_scopes
+
+    try:
+        wanted = parse_scopes(scopes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scopes") from None
+    url = database_url(load_settings())
+    key, secret = asyncio.run(_with_conn(url, lambda c: create_key(c, name, wanted)))
+    click.echo(
+        f"created key {key.key_id} ({name}) with scopes "
+        f"{','.join(sorted(s.value for s in key.scopes))}",
+        err=True,
+    )
+    click.echo(secret)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    from gateway.http.auth import list_keys
+
+    url = database_url(load_settings())
+    rows = asyncio.run(_with_conn(url, list_keys))
+    for r in rows:
+        state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
+        click.echo(f"{r['key_id']}  {r['name']:<20} {','.join(r['scopes']):<32} {state}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (the part after `sk_`)."""
+    from gateway.http.auth import revoke_key
+
+    url = database_url(load_settings())
+    if not asyncio.run(_with_conn(url, lambda c: revoke_key(c, key_id))):
+        raise click.ClickException(f"no active key {key_id!r}")
+    click.echo(f"revoked {key_id}")

@@ -1,0 +1,57 @@
+"""`segue serve`: the gateway, one process or supervised workers."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+from aiohttp import web
+
+from gateway.cli.common import database_url, load_settings, setup_logging
+from gateway.settings import Settings
+
+
+def _run_worker(settings: Settings, url: str, host: str, port: int, reuse_port: bool) -> None:
+    from gateway.http.access_log import RouteAccessLogger
+    from gateway.http.app import create_app
+
+    setup_logging(settings)
+    web.run_app(
+        create_app(settings, url),
+        host=host,
+        port=port,
+        reuse_port=reuse_port,
+        access_log_class=RouteAccessLogger,
+        print=None if reuse_port else click.echo,
+    )
+
+
+@click.command()
+@click.option("--host", default=None, help="Interface to bind (default SEGUE_HOST).")
+@click.option("--port", type=int, default=None, help="Port (default SEGUE_PORT).")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=1, help="Gateway processes sharing the port."
+)
+def serve(host: str | None, port: int | None, workers: int) -> None:
+    """Run the gateway (migrating the database first, once it can be reached)."""
+    from gateway.store.database import DatabaseUnreachable, migrate, wait_for_database
+
+    settings = load_settings()
+    setup_logging(settings)
+    url = database_url(settings)
+    try:
+        asyncio.run(
+            wait_for_database("migrating", lambda: migrate(url), settings.startup_wait_seconds)
+        )
+    except DatabaseUnreachable as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
+    host = host or settings.host
+    port = port if port is not None else settings.port
+    if workers == 1:
+        _run_worker(settings, url, host, port, reuse_port=False)
+        return
+    from gateway.cli.supervisor import supervise
+
+    click.echo(f"======== {workers} workers on http://{host}:{port} ========")
+    sys.exit(supervise(_run_worker, (settings, url, host, port, True), workers))

@@ -1,0 +1,2 @@
+"""Indexes: building one (training data, embeddings, Annoy, candidates, manifest, publish) apart
+from holding one (verify, map, swap), and the service that schedules builds."""

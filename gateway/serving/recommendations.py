@@ -1,0 +1,451 @@
+"""Serving a slate: gather candidates, filter, score, draw with exact propensities, log durably.
+
+Candidates come from the Annoy index (the listener's vector -> nearest items), from the caller in
+rerank mode, and from an exploration pool: items added since the index was built, items whose
+reward is still uncertain, and the best items by reward (all a listener with no history has).
+The policy (`domain.ranking`) scores them from affinity and the reward posteriors, keeps the
+slate diverse, and explores with probabilities it logs exactly in `RecommendationServed`.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import numpy as np
+from numpy.typing import NDArray
+
+from domain.embeddings import fold_in
+from domain.events import RecommendationServed, SlateEntry, to_payload
+from domain.policy import seed_from
+from domain.ranking import EMPTY, Candidate, PolicyParams, Pool, draw, draw_blend_pools
+from domain.upcasting import decode
+from gateway.index.holder import IndexHolder, LoadedIndex
+from gateway.projections.definitions import q
+from gateway.projections.rewards import LiveVersions
+from gateway.serving.catalog import Catalog
+from gateway.serving.errors import IdempotencyKeyReused
+from gateway.serving.items import KIND_CODES, ItemTable, string_hash, tiebreak, tiebreaks
+from gateway.serving.listeners import Pseudonyms
+from gateway.serving.requests import BlendIn, ItemKind, RecommendationIn, Surface
+from gateway.serving.scores import ItemScores
+from gateway.store.api import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
+
+NO_INDEX = "none"
+DISCOVER = "discover"
+DISCOVER_NAMESPACE = uuid.UUID("9a6c2f5e-3b1d-4c8e-a0f7-6d2b9e4c1a35")
+IDEMPOTENCY_NAMESPACE = uuid.UUID("3f0c8b2a-7d4e-4b19-9c61-2e5a8f7d0b43")
+INDEX_CANDIDATES = 200  # searched for a listener the index has not seen
+__all__ = ["Recommender", "follow", "tiebreak"]
+
+SURFACE_KINDS: dict[Surface, frozenset[str]] = {
+    Surface.PODCASTS: frozenset({ItemKind.EPISODE, ItemKind.SHOW}),
+    Surface.MUSIC: frozenset({ItemKind.TRACK, ItemKind.ALBUM, ItemKind.ARTIST, ItemKind.PLAYLIST}),
+}
+# Where a listener may be offered what they already heard: music is for replaying, and search
+# and shelves rank what the caller asked for.
+REPLAYS_ALLOWED = frozenset({Surface.MUSIC, Surface.SEARCH, Surface.SHELF})
+
+
+def _listed(items: Iterable[str] | None) -> list[str] | None:
+    return None if items is None else list(items)
+
+
+def allowed_kinds(surface: Surface, kinds: list[ItemKind]) -> frozenset[str] | None:
+    """The kinds a request may be answered with; None means any."""
+    wanted = frozenset(k.value for k in kinds) if kinds else None
+    by_surface = SURFACE_KINDS.get(surface)
+    if wanted is None:
+        return by_surface
+    return wanted if by_surface is None else wanted & by_surface
+
+
+def kinds_mask(kinds: frozenset[str] | None) -> NDArray[np.bool_] | None:
+    """Which kind codes (gateway.serving.items.KIND_CODES) a request may be answered with."""
+    if kinds is None:
+        return None
+    mask = np.zeros(len(KIND_CODES) + 1, dtype=bool)
+    for kind in kinds:
+        mask[KIND_CODES[kind]] = True
+    return mask
+
+
+def idempotent_id(api_key_id: str, idempotency_key: str) -> uuid.UUID:
+    """The recommendation id of a request sent with an `Idempotency-Key`: the same for every
+    retry, and scoped to the API key, so that two clients' keys can never collide."""
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{api_key_id}\0{idempotency_key}")
+
+
+class Recommender:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: EventStore,
+        catalog: Catalog,
+        pseudonyms: Pseudonyms,
+        clock: Callable[[], datetime],
+        index: IndexHolder,
+        scores: ItemScores,
+        versions: LiveVersions,
+        params: PolicyParams | None = None,
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._catalog = catalog
+        self._pseudonyms = pseudonyms
+        self._clock = clock
+        self._index = index
+        self._scores = scores
+        self._versions = versions
+        self.params = params or PolicyParams()
+
+    async def heard(self, user: str) -> set[str]:
+        """What this listener has already streamed (the listeners projection)."""
+        version = await self._versions.get("listeners")
+        if version is None:
+            return set()
+        rows = await self._pool.fetch(
+            f"SELECT item_id FROM {q(version.schema)}.history WHERE listener = $1", user
+        )
+        return {r[0] for r in rows}
+
+    async def listener_vector(self, index: LoadedIndex, user: str) -> np.ndarray | None:
+        row = index.listener_row.get(user)
+        if row is not None:
+            vector: np.ndarray = index.listener_vectors[row]
+            return vector
+        # Not in the last fit: fold in from what they did since, if anything.
+        version = await self._versions.get("listeners")
+        if version is None:
+            return None
+        rows = await self._pool.fetch(
+            f"SELECT item_id, weight::float8 FROM {q(version.schema)}.affinity WHERE listener = $1",
+            user,
+        )
+        known = [(index.item_row[i], float(w)) for i, w in rows if i in index.item_row]
+        if not known:
+            return None
+        return fold_in(
+            index.item_vectors,
+            np.array([k for k, _ in known], dtype=np.int64),
+            np.array([w for _, w in known], dtype=np.float64),
+        )
+
+    async def _gather(
+        self,
+        user: str,
+        surface: Surface,
+        kinds_wanted: list[ItemKind],
+        exclude: Iterable[str],
+        caller: list[str] | None,
+        rng: random.Random,
+        *,
+        replays: bool,
+    ) -> Pool:
+        """The eligible, scored candidates for one listener, as arrays.
+
+        Costs O(candidates), whatever the catalogue's size: candidates are the listener's
+        precomputed ones (or, for a listener the index has not seen, a bounded tree search from
+        a folded-in vector), the caller's in rerank mode, and a sample of the exploration pools;
+        they are filtered and scored by indexing the item table's arrays with their rows."""
+        table = await self._catalog.table()
+        index = table.index if isinstance(table.index, LoadedIndex) else None
+        mask = kinds_mask(allowed_kinds(surface, kinds_wanted))
+        excluded = set(exclude)
+        if not replays:
+            excluded |= await self.heard(user)
+        vector = None
+        searched: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        dots: NDArray[np.float64] = np.zeros(0, dtype=np.float64)
+        if caller is not None:
+            rows = table.rows_of(caller)
+            if index is not None:
+                vector = await self.listener_vector(index, user)
+        else:
+            if index is not None:
+                known = index.listener_candidates(user)
+                if known is not None and len(known[0]):
+                    searched, dots = known
+                    vector = index.listener_vectors[index.listener_row[user]]
+                else:
+                    vector = await self.listener_vector(index, user)
+                    if vector is not None:
+                        searched, dots = index.nearest_rows(vector, INDEX_CANDIDATES)
+            rows = np.concatenate([table.from_index[searched], table.explore(rng)])
+        if len(rows) == 0:
+            return EMPTY
+        # The first of each row wins, in order (a searched row keeps its dot product).
+        _, first = np.unique(rows, return_index=True)
+        order = np.sort(first)
+        rows = rows[order]
+        keep = rows >= 0
+        safe = np.where(keep, rows, 0)
+        keep &= table.live[safe]
+        if mask is not None:
+            keep &= mask[table.kind[safe]]
+        if excluded:
+            keep &= ~np.isin(rows, table.rows_of(excluded))
+        rows, order = rows[keep], order[keep]
+        affinity = np.zeros(len(rows), dtype=np.float64)
+        if vector is not None and index is not None and len(rows):
+            at = table.index_row[rows]
+            indexed = at >= 0
+            affinity[indexed] = index.item_vectors[at[indexed]] @ vector
+            from_search = order < len(searched)
+            affinity[from_search] = dots[order[from_search]]
+        ids = table.ids
+        return Pool(
+            [ids[r] for r in rows.tolist()],
+            table.group[rows],
+            affinity,
+            table.reward_mean[rows],
+            table.reward_sd[rows],
+            table.long_term[rows],
+            tiebreaks(table.hash[rows], string_hash(user)),
+        )
+
+    async def recommend(
+        self, req: RecommendationIn, *, recommendation_id: uuid.UUID | None = None
+    ) -> RecommendationServed:
+        """Draw and log a slate. With a `recommendation_id` (from an `Idempotency-Key`) a slate
+        already logged under it is returned instead, if it answered the same request."""
+        user = await self._pseudonyms.one(req.user_id)
+
+        def same(e: RecommendationServed) -> bool:
+            return (
+                e.user == user
+                and not e.members
+                and e.surface == req.surface.value
+                and e.n == req.n
+                and e.context == req.context
+                and _listed(e.candidates) == _listed(req.candidates)
+                and list(e.exclude) == req.exclude
+                and list(e.kinds) == [k.value for k in req.kinds]
+            )
+
+        if recommendation_id is not None:
+            replayed = await self._replayed(recommendation_id, same)
+            if replayed is not None:
+                return replayed
+        rid = recommendation_id or uuid.uuid4()
+        rng = seed_from(rid.int)
+        replays = req.surface in REPLAYS_ALLOWED or req.candidates is not None
+        candidates = await self._gather(
+            user, req.surface, req.kinds, req.exclude, req.candidates, rng, replays=replays
+        )
+        slate = draw(candidates, req.n, self.params, rng) if len(candidates) else ()
+        return await self._log_once(
+            rid,
+            same,
+            user,
+            req.surface.value,
+            slate,
+            context=req.context,
+            n=req.n,
+            candidates=req.candidates,
+            exclude=req.exclude,
+            kinds=req.kinds,
+            keyed=recommendation_id is not None,
+        )
+
+    async def blend(
+        self, req: BlendIn, *, recommendation_id: uuid.UUID | None = None
+    ) -> RecommendationServed:
+        """One slate for a group: each member's own candidates, members taking turns."""
+        pseudonyms = await self._pseudonyms.resolve(req.user_ids)
+        members = [pseudonyms[u] for u in req.user_ids]
+
+        def same(e: RecommendationServed) -> bool:
+            return (
+                list(e.members) == members
+                and e.surface == req.surface.value
+                and e.n == req.n
+                and e.context == req.context
+                and list(e.exclude) == req.exclude
+                and list(e.kinds) == [k.value for k in req.kinds]
+            )
+
+        if recommendation_id is not None:
+            replayed = await self._replayed(recommendation_id, same)
+            if replayed is not None:
+                return replayed
+        rid = recommendation_id or uuid.uuid4()
+        rng = seed_from(rid.int)
+        replays = req.surface in REPLAYS_ALLOWED
+        lists = [
+            await self._gather(m, req.surface, req.kinds, req.exclude, None, rng, replays=replays)
+            for m in members
+        ]
+        slate = draw_blend_pools(lists, req.n, self.params, rng) if any(map(len, lists)) else ()
+        return await self._log_once(
+            rid,
+            same,
+            members[0],
+            req.surface.value,
+            slate,
+            context=req.context,
+            n=req.n,
+            exclude=req.exclude,
+            kinds=req.kinds,
+            members=members,
+            keyed=recommendation_id is not None,
+        )
+
+    async def _replayed(
+        self, recommendation_id: uuid.UUID, same: Callable[[RecommendationServed], bool]
+    ) -> RecommendationServed | None:
+        logged = await self._logged(recommendation_id)
+        if logged is not None and not same(logged):
+            raise IdempotencyKeyReused()
+        return logged
+
+    async def _log_once(
+        self,
+        recommendation_id: uuid.UUID,
+        same: Callable[[RecommendationServed], bool],
+        user: str,
+        surface: str,
+        slate: tuple[SlateEntry, ...],
+        *,
+        keyed: bool,
+        **request: Any,
+    ) -> RecommendationServed:
+        try:
+            return await self._log(recommendation_id, user, surface, slate, **request)
+        except WrongExpectedVersion:
+            if not keyed:
+                raise
+            # A retry of the same keyed request was logged first; its slate is the answer.
+            replayed = await self._replayed(recommendation_id, same)
+            assert replayed is not None
+            return replayed
+
+    async def discover(self, user_id: str, n: int) -> RecommendationServed:
+        """Items new to the listener, the same all ISO week: the week's first request draws and
+        logs the slate under an id derived from (listener, week, n); later ones read it back."""
+        user = await self._pseudonyms.one(user_id)
+        year, week, _ = self._clock().isocalendar()
+        recommendation_id = uuid.uuid5(DISCOVER_NAMESPACE, f"{user}/{year}-W{week:02d}/{n}")
+        logged = await self._logged(recommendation_id)
+        if logged is not None:
+            return logged
+        rng = seed_from(recommendation_id.int)
+        candidates = await self._gather(user, Surface.HOME, [], [], None, rng, replays=False)
+        slate = draw(candidates, n, self.params, rng) if len(candidates) else ()
+        try:
+            return await self._log(recommendation_id, user, DISCOVER, slate, n=n)
+        except WrongExpectedVersion:
+            # A concurrent first request of the week won; its slate is the week's.
+            logged = await self._logged(recommendation_id)
+            assert logged is not None
+            return logged
+
+    async def candidates_for(self, served: RecommendationServed) -> list[list[Candidate]]:
+        """The eligible, scored candidates a logged request would get now (one list per listener:
+        several for a blend), gathered as `recommend`, `blend` and `discover` gather them, with
+        the generator seeded by the logged recommendation id. Today's catalogue, index, scores
+        and listening history are used: what the request saw then is not kept."""
+        rng = seed_from(served.recommendation_id.int)
+        if served.surface == DISCOVER:
+            pool = await self._gather(served.user, Surface.HOME, [], [], None, rng, replays=False)
+            return [pool.candidates()]
+        surface = Surface(served.surface)
+        kinds = [ItemKind(k) for k in served.kinds]
+        caller = list(served.candidates) if served.candidates is not None else None
+        replays = surface in REPLAYS_ALLOWED or caller is not None
+        members = list(served.members) or [served.user]
+        return [
+            (
+                await self._gather(m, surface, kinds, served.exclude, caller, rng, replays=replays)
+            ).candidates()
+            for m in members
+        ]
+
+    async def _logged(self, recommendation_id: uuid.UUID) -> RecommendationServed | None:
+        events = await self._store.read_stream(f"recommendation-{recommendation_id}")
+        if not events:
+            return None
+        e = events[0]
+        event = decode(e.event_type, e.schema_version, e.payload)
+        assert isinstance(event, RecommendationServed)
+        return event
+
+    def similar(self, item_id: str, n: int) -> tuple[list[tuple[str, float]], str] | None:
+        """The items nearest to `item_id` in the current index; None if it is not indexed."""
+        index = self._index.current
+        if index is None or item_id not in index.item_row:
+            return None
+        vector = index.item_vectors[index.item_row[item_id]]
+        near = index.nearest(vector, n + 1)
+        return [(i, d) for i, d in near if i != item_id][:n], index.version
+
+    async def _log(
+        self,
+        recommendation_id: uuid.UUID,
+        user: str,
+        surface: str,
+        slate: tuple[SlateEntry, ...],
+        *,
+        n: int,
+        context: dict[str, Any] | None = None,
+        candidates: list[str] | None = None,
+        exclude: list[str] | None = None,
+        kinds: list[ItemKind] | None = None,
+        members: list[str] | None = None,
+    ) -> RecommendationServed:
+        index = self._index.current
+        event = RecommendationServed(
+            recommendation_id=recommendation_id,
+            user=user,
+            surface=surface,
+            context=dict(context or {}),
+            slate=slate,
+            policy_name=self.params.name,
+            policy_version=self.params.logged_version,
+            index_version=index.version if index is not None else NO_INDEX,
+            requested_at=self._clock(),
+            candidates=tuple(candidates) if candidates is not None else None,
+            exclude=tuple(exclude or ()),
+            kinds=tuple(k.value for k in kinds or ()),
+            n=n,
+            members=tuple(members or ()),
+        )
+        await self._store.append(
+            [
+                NewEvent(
+                    # Its own event id: a client reusing a recommendation id as an outcome's
+                    # event id must not be answered "duplicate".
+                    uuid.uuid4(),
+                    event.stream_id(),
+                    event.TYPE,
+                    event.SCHEMA_VERSION,
+                    to_payload(event),
+                )
+            ],
+            expected={event.stream_id(): NO_STREAM},
+        )
+        return event
+
+
+def follow(table: ItemTable, index: IndexHolder, scores: ItemScores) -> None:
+    """Keep `table` mapped to the current index and scored with the current scores: the hooks
+    run in the background tasks that swap indexes and refresh scores, never in a request."""
+
+    def loaded(current: LoadedIndex) -> None:
+        table.set_index(current)
+        table.refresh_pools()
+
+    def refreshed(s: ItemScores) -> None:
+        table.set_scores(s.scores, s.unseen)
+        table.refresh_pools()
+
+    index.on_load.append(loaded)
+    scores.on_refresh.append(refreshed)
+    table.set_index(index.current)
+    if scores.refreshed_at is not None:
+        table.set_scores(scores.scores, scores.unseen)
+    table.refresh_pools()

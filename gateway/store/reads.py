@@ -1,0 +1,190 @@
+"""The log's reads for the wings above the store, each a named function over a connection the
+caller holds (a projector reads inside the transaction that writes its checkpoint; an export
+reads from one snapshot). Nothing outside `gateway.store` names the `events` table: the log's
+layout (its columns, the `(tx_id, global_position)` reading order, the commit-safe horizon) is
+known here only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.store.api import START, Position
+
+Executor = Any  # asyncpg.Connection, a pool, or a pool's connection proxy
+
+# Events after a reader position, up to the commit-safe horizon: a transaction still open holds
+# the horizon back, so an event that commits late is never skipped.
+READ_AFTER = """
+SELECT global_position, tx_id::text, recorded_at, stream_id, stream_version, event_id,
+       event_type, schema_version, payload::text, metadata::text
+FROM events
+WHERE (tx_id, global_position) > ($1::text::xid8, $2::bigint)
+  AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY events.tx_id, global_position  -- the column, not the text alias: numeric order, indexed
+LIMIT $3
+"""
+
+
+async def read_after(conn: Executor, after: Position, limit: int) -> list[asyncpg.Record]:
+    """Up to `limit` events after `after`, in reading order (rows for `row_to_event`)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        READ_AFTER, str(after.tx_id), after.global_position, limit
+    )
+    return rows
+
+
+async def head(conn: Executor) -> Position:
+    """The position of the last event every reader may already see."""
+    row = await conn.fetchrow(
+        "SELECT tx_id::text, global_position FROM events "
+        "WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) "
+        "ORDER BY events.tx_id DESC, global_position DESC LIMIT 1"
+    )
+    return START if row is None else Position(int(row[0]), row[1])
+
+
+async def position_of(conn: Executor, global_position: int) -> Position:
+    """The reader position of one stored event (e.g. from an append's result)."""
+    tx = await conn.fetchval(
+        "SELECT tx_id::text FROM events WHERE global_position = $1", global_position
+    )
+    if tx is None:
+        raise LookupError(f"no event at {global_position}")
+    return Position(int(tx), global_position)
+
+
+async def behind(
+    conn: Executor,
+    position: Position,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109  (the statement's own bound)
+) -> tuple[int, float]:
+    """How many events follow `position` (counted up to ten million) and the age in seconds of
+    the oldest of them (0 when none)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, extract(epoch FROM now() - min(recorded_at)) AS s FROM "
+        "(SELECT recorded_at FROM events WHERE (tx_id, global_position) > "
+        "($1::text::xid8, $2::bigint) LIMIT 10000000) AS behind",
+        str(position.tx_id),
+        position.global_position,
+        timeout=timeout,
+    )
+    assert row is not None
+    return int(row["n"]), float(row["s"] or 0.0)
+
+
+async def count(conn: Executor, *, timeout: float | None = None) -> int:  # noqa: ASYNC109
+    """Every event stored."""
+    return int(await conn.fetchval("SELECT count(*) FROM events", timeout=timeout))
+
+
+async def any_of_type(conn: Executor, event_type: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE event_type = $1)", event_type
+        )
+    )
+
+
+async def first_events(
+    conn: Executor, stream_ids: Sequence[str], event_type: str, field: str
+) -> list[tuple[str, str]]:
+    """(stream id, payload[field] as JSON text) of the first event of each of `stream_ids`
+    that is of `event_type` (e.g. the slate of each recommendation)."""
+    rows = await conn.fetch(
+        "SELECT stream_id, (payload->$3)::text FROM events "
+        "WHERE stream_id = ANY($1::text[]) AND stream_version = 1 AND event_type = $2",
+        list(stream_ids),
+        event_type,
+        field,
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+# --- for the report -------------------------------------------------------------------------
+
+
+async def counts_by_type(
+    conn: Executor, since: datetime | None, until: datetime | None
+) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT event_type, count(*) FROM events "
+        "WHERE ($1::timestamptz IS NULL OR recorded_at >= $1) "
+        "AND ($2::timestamptz IS NULL OR recorded_at < $2) "
+        "GROUP BY event_type ORDER BY event_type",
+        since,
+        until,
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def daily_field_counts(
+    conn: Executor, event_type: str, field: str, since: datetime | None, until: datetime | None
+) -> list[tuple[datetime, str, int]]:
+    """(UTC day recorded, payload[field], events) of `event_type`, by day and value."""
+    rows = await conn.fetch(
+        "SELECT date_trunc('day', recorded_at, 'UTC') AS day, payload->>$4 AS value, "
+        "count(*) AS n FROM events WHERE event_type = $1 "
+        "AND ($2::timestamptz IS NULL OR recorded_at >= $2) "
+        "AND ($3::timestamptz IS NULL OR recorded_at < $3) "
+        "GROUP BY 1, 2 ORDER BY 1, 2",
+        event_type,
+        since,
+        until,
+        field,
+    )
+    return [(r["day"], r["value"], int(r["n"])) for r in rows]
+
+
+# The rewards projection holds each served slate and the reward attributed to each of its
+# impressions; the policy is only in the event, reached through the recommendation's stream.
+_REWARDS = """
+SELECT date_trunc('day', s.requested_at, 'UTC') AS day, s.surface,
+       (e.payload->'policy'->>'name') || ' ' || (e.payload->'policy'->>'version') AS policy,
+       count(*) AS slates, coalesce(sum(r.reward), 0)::float8 AS reward
+FROM {schema}.served s
+JOIN events e ON e.stream_id = 'recommendation-' || s.rec_id::text AND e.stream_version = 1
+LEFT JOIN (SELECT rec_id, sum(reward) AS reward FROM {schema}.impressions GROUP BY rec_id) r
+       ON r.rec_id = s.rec_id
+WHERE ($1::timestamptz IS NULL OR s.requested_at >= $1)
+  AND ($2::timestamptz IS NULL OR s.requested_at < $2)
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+
+async def rewards_by_policy(
+    conn: Executor, schema: str, since: datetime | None, until: datetime | None
+) -> list[asyncpg.Record]:
+    """Per UTC serving day, surface and policy of the slates in the rewards projection at
+    `schema` (already quoted): slates served and reward attributed (`day, surface, policy,
+    slates, reward`)."""
+    rows: list[asyncpg.Record] = await conn.fetch(_REWARDS.format(schema=schema), since, until)
+    return rows
+
+
+# --- for offline evaluation -----------------------------------------------------------------
+
+_ATTRIBUTABLE = """
+WHERE event_type = 'RecommendationServed'
+   OR (event_type = 'OutcomeRecorded' AND payload->>'recommendation_id' IS NOT NULL)
+"""
+
+
+async def count_slates_and_attributed(conn: Executor) -> int:
+    """Served slates and the outcomes that name one: what offline evaluation reads."""
+    return int(await conn.fetchval(f"SELECT count(*) FROM events {_ATTRIBUTABLE}"))
+
+
+def slates_and_attributed(conn: asyncpg.Connection, prefetch: int) -> Any:
+    """A cursor over those events in log order (`event_type, schema_version, payload::text,
+    recorded_at`); iterate it inside a transaction."""
+    return conn.cursor(
+        "SELECT event_type, schema_version, payload::text, recorded_at FROM events "
+        f"{_ATTRIBUTABLE} ORDER BY events.tx_id, events.global_position",
+        prefetch=prefetch,
+    )
