@@ -101,12 +101,18 @@ async def main() -> None:
                 await asyncio.sleep(max(0.0, start + tick * interval - time.monotonic()))
             await asyncio.gather(*inflight)
             elapsed = time.monotonic() - start
-            # Let the projectors drain, so the tail of the run is sampled too.
-            drain_deadline = time.monotonic() + 30
-            while time.monotonic() < drain_deadline:
-                if not any(s.lag_events for s in await status(conn)):
-                    break
-                await asyncio.sleep(0.1)  # polling another process's progress
+            # Let the projectors drain, so the tail of the run is sampled too. The sampler is
+            # still using `conn` meanwhile, and one asyncpg connection runs one statement at a
+            # time ("another operation is in progress"): the drain polls on its own.
+            watcher = await asyncpg.connect(url)
+            try:
+                drain_deadline = time.monotonic() + 30
+                while time.monotonic() < drain_deadline:
+                    if not any(s.lag_events for s in await status(watcher)):
+                        break
+                    await asyncio.sleep(0.1)  # polling another process's progress
+            finally:
+                await watcher.close()
             stop.set()
             await sampler
         print(

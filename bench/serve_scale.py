@@ -282,6 +282,9 @@ class Build:
     recall_at_10: float
     items: int
     listeners: int
+    search_k: int = 0  # as the build tuned it for the recall target
+    search: str = ""  # how listeners the build has not seen are searched: annoy or exact
+    candidates_recall: float = math.nan  # the precomputed lists' recall@10 against exact
 
 
 def tree(pid: int) -> list[Any]:
@@ -300,6 +303,16 @@ def tree_cpu(pid: int) -> float:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             t = p.cpu_times()
             total += float(t.user) + float(t.system)
+    return total
+
+
+def tree_pss(pid: int) -> float:
+    """Proportional set size of the process tree, in bytes: pages shared by several of its
+    processes (a mapped index) are counted once in all, not once per process."""
+    total = 0.0
+    for p in tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += float(p.memory_full_info().pss)
     return total
 
 
@@ -355,6 +368,9 @@ async def build_index(env: dict[str, str], index_root: Path) -> Build:
         recall_at_10=float(manifest["recall_at_10"]),
         items=int(manifest["items"]),
         listeners=int(manifest["listeners"]),
+        search_k=int(manifest["params"]["search_k"]),
+        search=str(manifest.get("search", {}).get("method", "annoy")),
+        candidates_recall=float(manifest.get("candidates", {}).get("recall_at_10", math.nan)),
     )
 
 
@@ -546,6 +562,7 @@ class Measured:
     wrk: Wrk
     cpu_ms: float  # the server's processes, per request
     db_cpu_ms: float | None  # the database backends serving it, per request
+    pss_mb: float = math.nan  # the server's processes at the end of the run
 
 
 async def measure(
@@ -568,7 +585,7 @@ async def measure(
         if db1:
             spent = sum(t - db0.get(p, 0.0) for p, t in db1.items())
             db_ms = spent * 1000 / max(1, result.requests)
-    return Measured(result, cpu * 1000 / max(1, result.requests), db_ms)
+    return Measured(result, cpu * 1000 / max(1, result.requests), db_ms, tree_pss(pid) / 2**20)
 
 
 # --- the minimal app -----------------------------------------------------------------------------
@@ -742,7 +759,7 @@ def report(name: str, size: int, workers: int, m: Measured) -> None:
     say(
         f"items {size:,}, {workers} worker(s), {name}: {w.rps:,.0f} req/s, p50 {w.p50_ms:.1f} ms, "
         f"p99 {w.p99_ms:.1f} ms, max {w.max_ms:.0f} ms, {w.errors} errors; "
-        f"CPU ms/request: server {m.cpu_ms:.2f}{db}"
+        f"CPU ms/request: server {m.cpu_ms:.2f}{db}; PSS {m.pss_mb:,.0f} MB"
     )
 
 
@@ -810,16 +827,18 @@ def table(rows: list[Row], builds: dict[int, Build]) -> None:
     print()
     print(
         "| items | workers | Segue req/s | p50 ms | p99 ms | errors | minimal req/s "
-        "| minimal p99 ms | throughput ratio | p99 ratio | CPU ms/req | DB CPU ms/req |"
+        "| minimal p99 ms | throughput ratio | p99 ratio | CPU ms/req | DB CPU ms/req "
+        "| PSS MB |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         s, m = r.segue.wrk, r.minimal.wrk
         db = f"{r.segue.db_cpu_ms:.2f}" if r.segue.db_cpu_ms is not None else "-"
         print(
             f"| {r.items:,} | {r.workers} | {s.rps:,.0f} | {s.p50_ms:.1f} | {s.p99_ms:.1f} "
             f"| {s.errors} | {m.rps:,.0f} | {m.p99_ms:.1f} | {ratio(s.rps, m.rps):.3f} "
-            f"| {ratio(s.p99_ms, m.p99_ms):.1f} | {r.segue.cpu_ms:.2f} | {db} |"
+            f"| {ratio(s.p99_ms, m.p99_ms):.1f} | {r.segue.cpu_ms:.2f} | {db} "
+            f"| {r.segue.pss_mb:,.0f} |"
         )
     sizes = sorted({r.items for r in rows})
     workers = sorted({r.workers for r in rows})
@@ -855,18 +874,26 @@ def table(rows: list[Row], builds: dict[int, Build]) -> None:
                 f"| minimal throughput, {many} workers / {few}, {size:,} items "
                 f"| {ratio(a.minimal.wrk.rps, b.minimal.wrk.rps):.2f} |"
             )
+            derived.append(
+                f"| Segue memory (PSS), {many} workers / {few}, {size:,} items "
+                f"| {ratio(a.segue.pss_mb, b.segue.pss_mb):.2f} |"
+            )
     if derived:
         print()
         print("| derived | value |")
         print("|---|---:|")
         print("\n".join(derived))
     print()
-    print("| index build, items | seconds | peak MB | file MB | recall@10 |")
-    print("|---:|---:|---:|---:|---:|")
+    print(
+        "| index build, items | seconds | peak MB | file MB | recall@10 | search_k "
+        "| unseen listeners | candidates recall@10 |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---|---:|")
     for size, build in sorted(builds.items()):
         print(
             f"| {size:,} | {build.seconds:.1f} | {build.peak_mb:,.0f} | {build.file_mb:,.1f} "
-            f"| {build.recall_at_10:.3f} |"
+            f"| {build.recall_at_10:.3f} | {build.search_k:,} | {build.search} "
+            f"| {build.candidates_recall:.3f} |"
         )
 
 
