@@ -38,8 +38,6 @@ class LoadedIndex:
     manifest: dict[str, Any]
     annoy: AnnoyIndex
     items: list[str]
-    kinds: list[str]
-    groups: list[str | None]
     item_row: dict[str, int]
     listener_row: dict[str, int]
     listener_vectors: NDArray[np.float64]
@@ -184,8 +182,15 @@ def _array(folder: Path, manifest: dict[str, Any], name: str) -> NDArray[Any]:
     if name not in manifest.get("files", {}):
         loaded: NDArray[Any] = np.load(io.BytesIO((folder / name).read_bytes()))
         return loaded
-    mapped: NDArray[Any] = np.load(_shared_copy(folder, manifest, name), mmap_mode="r")
-    return mapped
+    mapped = np.load(_shared_copy(folder, manifest, name), mmap_mode="r")
+    # Read every page once now, in the loading thread, so that requests do not fault them in
+    # one by one (a request's exploration rows are scattered over the whole array); the
+    # pages are the page cache's, shared by every process mapping the copy.
+    np.add.reduce(mapped, axis=None)
+    # A plain ndarray view of the mapping: numpy's memmap subclass wraps every indexing in
+    # Python code, which showed in a request's profile.
+    view: NDArray[Any] = np.asarray(mapped)
+    return view
 
 
 def load(root: Path, manifest: dict[str, Any]) -> LoadedIndex:
@@ -221,8 +226,6 @@ def load(root: Path, manifest: dict[str, Any]) -> LoadedIndex:
         manifest=manifest,
         annoy=annoy,
         items=ids["items"],
-        kinds=ids["kinds"],
-        groups=ids["groups"],
         item_row={item: i for i, item in enumerate(ids["items"])},
         listener_row={u: i for i, u in enumerate(ids["listeners"])},
         listener_vectors=listener_vectors,

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from domain.embeddings import fold_in
 from domain.events import RecommendationServed, SlateEntry, to_payload
 from domain.policy import seed_from
-from domain.ranking import EMPTY, Candidate, PolicyParams, Pool, draw, draw_blend_pools
+from domain.ranking import EMPTY, Candidate, PolicyParams, Pool, RowIds, draw, draw_blend_pools
 from domain.upcasting import decode
 from gateway.index.holder import IndexHolder, LoadedIndex
 from gateway.projections.definitions import q
@@ -192,14 +192,15 @@ class Recommender:
         rows, order = rows[keep], order[keep]
         affinity = np.zeros(len(rows), dtype=np.float64)
         if vector is not None and index is not None and len(rows):
-            at = table.index_row[rows]
-            indexed = at >= 0
-            affinity[indexed] = index.item_vectors[at[indexed]] @ vector
+            # Searched rows come with their dot product; the others (exploration, the caller's)
+            # are read from the item vectors, one scattered row each, so only those.
             from_search = order < len(searched)
             affinity[from_search] = dots[order[from_search]]
-        ids = table.ids
+            at = table.index_row[rows]
+            needed = (at >= 0) & ~from_search
+            affinity[needed] = index.item_vectors[at[needed]] @ vector
         return Pool(
-            [ids[r] for r in rows.tolist()],
+            RowIds(table.ids, rows),
             table.group[rows],
             affinity,
             table.reward_mean[rows],
