@@ -50,6 +50,7 @@ from gateway.projections.rewards import RewardsReader
 from gateway.projections.runner import Runner, all_projections, publish_lag
 from gateway.projections.runner import status as projection_status
 from gateway.serving.graph import ServingParams, build_serving, running
+from gateway.serving.recommendations import settle_heap
 from gateway.settings import Settings
 from gateway.store.database import UNAVAILABLE_ERRORS, create_pool, wait_for_database
 from gateway.store.postgres import PostgresEventStore
@@ -130,6 +131,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         # Loaded before the first request where possible; else the first request loads it.
         await serving.catalog.catch_up()
         serving.catalog.items.refresh_pools()
+    settle_heap()
     async with running(serving):
         yield
 

@@ -138,3 +138,19 @@ def test_tiebreaks_are_fixed_per_listener_and_uniform(user: str) -> None:
     assert 0.45 < t.mean() < 0.55
     other = tiebreaks(hashes, string_hash(user + "x"))
     assert np.corrcoef(t, other)[0, 1] < 0.1
+
+
+def test_scores_built_aside_are_installed_whole_even_if_the_table_grew_meanwhile() -> None:
+    table = ItemTable(0.2, UNSEEN, capacity=4)
+    table.apply(rows(4))
+    built = table.score_arrays({"i0001": ItemScore(7, 0.5, 0.1, 2.0)}, UNSEEN)
+    # Rows arrive while the arrays are built (in a worker thread, in the gateway).
+    table.apply([CatalogRow(f"late{k}", "track", None, False) for k in range(6)])
+    table.install_scores(built)
+    assert len(table.served) == len(table.live)
+    assert table.served[1] == 7
+    assert table.reward_mean[1] == 0.5
+    assert table.reward_sd[table.row["late5"]] == UNSEEN.reward_sd
+    # Rows that went live while the pools were being recomputed stay pending, not lost.
+    table.refresh_pools()
+    assert table.row["late5"] in table.uncertain.tolist()
