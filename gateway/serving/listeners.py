@@ -15,7 +15,10 @@ import asyncpg
 
 _ASSIGN = """
 WITH ins AS (
-    INSERT INTO listeners (user_id) SELECT DISTINCT unnest($1::text[])
+    -- In id order: two requests assigning overlapping new ids must take the rows' locks in the
+    -- same order, or each waits for the other ("deadlock detected", a 500 to both).
+    INSERT INTO listeners (user_id)
+    SELECT u FROM (SELECT DISTINCT unnest($1::text[]) AS u) AS ids ORDER BY u
     ON CONFLICT (user_id) DO NOTHING
     RETURNING user_id, pseudonym
 )
