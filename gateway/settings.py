@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,10 +14,20 @@ from domain.ranking import PolicyParams
 
 _POLICY = PolicyParams()
 
+# `SEGUE_*` variables that are not the gateway's settings: the API key `segue demo` tells the
+# user to export for the example calls, and what the test suite and the benchmarks read.
+NOT_SETTINGS = frozenset(
+    {
+        "SEGUE_KEY",
+        "SEGUE_TEST_DATABASE_URL",
+        "SEGUE_BENCH_DATABASE_URL",
+        "SEGUE_FUZZ_EXAMPLES",
+        "SEGUE_CACHE_DIR",
+    }
+)
+
 
 def default_data_dir() -> Path:
-    import os
-
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "segue"
 
@@ -132,6 +144,29 @@ class Settings(BaseSettings):
             tail=self.policy_tail,
             w_long_term=self.policy_long_term_weight,
         )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_variables(cls, data: Any) -> Any:
+        """pydantic-settings ignores environment variables it has no field for; a misspelt
+        `SEGUE_DATABSE_URL` would then start on the embedded database and answer from no data.
+        Every `SEGUE_*` variable must be a setting (or one the tests and benchmarks read)."""
+        known = {f"SEGUE_{name.upper()}" for name in cls.model_fields} | NOT_SETTINGS
+        unknown = sorted(
+            k for k in os.environ if k.upper().startswith("SEGUE_") and k.upper() not in known
+        )
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name.upper(), sorted(known), n=1)
+                hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+            raise ValueError(
+                "unknown environment variable"
+                + ("s " if len(unknown) > 1 else " ")
+                + ", ".join(hints)
+                + "; unset it, or see README.md's Configuration for the settings"
+            )
+        return data
 
     @model_validator(mode="after")
     def _policy_is_valid(self) -> Settings:

@@ -18,6 +18,8 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         lines = [
             f"  SEGUE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else f"  {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors()
         ]
         raise click.ClickException("invalid configuration:\n" + "\n".join(lines)) from None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 from pydantic import ValidationError
 
 from domain.ranking import PolicyParams
+from gateway.cli.main import main
 from gateway.settings import Settings
 
 
@@ -44,3 +46,23 @@ def test_bad_policy_settings_are_named(
         monkeypatch.setenv(k, v)
     with pytest.raises(ValidationError, match=named):
         Settings()
+
+
+def test_a_misspelt_variable_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ignored, it would start the gateway on the embedded database: an empty one."""
+    monkeypatch.setenv("SEGUE_DATABSE_URL", "postgresql://db.internal/segue")
+    with pytest.raises(
+        ValidationError, match=r"SEGUE_DATABSE_URL \(did you mean SEGUE_DATABASE_URL\?\)"
+    ):
+        Settings()
+    monkeypatch.delenv("SEGUE_DATABSE_URL")
+    monkeypatch.setenv("SEGUE_KEY", "sk_from_the_demo")  # not a setting, but expected around
+    Settings()  # no error
+
+
+def test_the_cli_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGUE_PORTT", "9000")
+    result = CliRunner().invoke(main, ["status"])
+    assert result.exit_code == 1
+    assert "unknown environment variable SEGUE_PORTT (did you mean SEGUE_PORT?)" in result.output
+    assert "Traceback" not in result.output
