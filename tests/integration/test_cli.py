@@ -191,3 +191,38 @@ async def test_a_migration_postgresql_refuses_is_one_line_and_changes_nothing(
         assert [r[0] for r in tables] == ["events"]
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize(
+    "args", [["status"], ["keys", "list"], ["db", "current"], ["db", "upgrade"], ["index", "build"]]
+)
+def test_an_unreachable_database_is_one_line_not_a_traceback(
+    args: list[str], tmp_path: Path
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "SEGUE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/segue",
+        "SEGUE_DATA_DIR": str(tmp_path),
+        "SEGUE_STARTUP_WAIT_SECONDS": "0",
+    }
+    result = run(args, env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [
+        f"Error: the database cannot be reached: ConnectionRefusedError: [Errno 111] "
+        f"Connect call failed ('127.0.0.1', {port})"
+    ], result.stderr
+    assert len(result.stderr.splitlines()) <= 2, result.stderr
+
+
+def test_a_database_not_migrated_says_how_to_migrate(empty_db_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "SEGUE_DATABASE_URL": empty_db_url, "SEGUE_DATA_DIR": str(tmp_path)}
+    result = run(["keys", "list"], env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "the database is not migrated" in result.stderr
+    assert "run `segue db upgrade`" in result.stderr
