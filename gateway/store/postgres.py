@@ -341,9 +341,17 @@ class PostgresEventStore:
                 try:
                     await self._flush(lane, batch)
                 except Exception as exc:  # never let one bad flush kill the flusher
-                    log.exception("append flush failed")
-                    self._fail(batch, exc)
                     await self._give_back(lane)  # the pool resets whatever state it was left in
+                    if len(batch) == 1:
+                        log.exception("append refused")
+                        self._fail(batch, exc)
+                    else:
+                        # Nothing of the batch was written (one statement, or one transaction).
+                        # One append's events were refused (a NUL in text, a value out of
+                        # range, an inline projection failing): write each alone, so that only
+                        # the appends that caused it fail.
+                        log.warning("append flush of %d refused (%r); one by one", len(batch), exc)
+                        await self._flush_each(lane, batch)
                 finally:
                     for _ in batch:
                         self._queue.task_done()
@@ -413,6 +421,16 @@ class PostgresEventStore:
             if self._on_commit is not None:
                 self._on_commit()
             return
+
+    async def _flush_each(self, lane: _Lane, batch: list[_Pending]) -> None:
+        for pending in batch:
+            # Written even if its caller went away, as it would have been in the batch.
+            try:
+                await self._flush(lane, [pending])
+            except Exception as exc:
+                log.exception("append refused")
+                self._fail([pending], exc)
+                await self._give_back(lane)
 
     @staticmethod
     def _fail(batch: list[_Pending], exc: BaseException) -> None:
