@@ -117,6 +117,10 @@ def build_spec(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
             errors["422"] = "A field or query parameter is invalid or unknown; `field` names it"
         if "{item_id}" in ep.path and ep.method in ("GET", "DELETE"):
             errors["404"] = "No such item"
+        if ep.path == "/v1/outcomes":
+            errors["409"] = (
+                "An outcome's event_id was stored before for another outcome; `field` names it"
+            )
         if ep.scope is not None:
             errors |= _ERRORS_AUTH | _ERRORS_ALWAYS
             op["security"] = [{"bearer": []}]

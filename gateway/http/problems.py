@@ -124,7 +124,7 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         response: web.StreamResponse = await handler(request)
         return response
     except Refused as exc:
-        return ProblemError(422, exc.code, exc.title, exc.detail, field=exc.field).response()
+        return ProblemError(exc.status, exc.code, exc.title, exc.detail, field=exc.field).response()
     except ProblemError as exc:
         return exc.response()
     except web.HTTPException as exc:

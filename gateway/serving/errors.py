@@ -12,6 +12,7 @@ class Refused(Exception):
 
     code = "validation"
     title = "Invalid request"
+    status = 422
 
     def __init__(self, detail: str, *, field: str | None = None) -> None:
         super().__init__(detail)
@@ -31,6 +32,14 @@ class UnknownRecommendation(Refused):
 class ItemNotInSlate(Refused):
     code = "item-not-in-slate"
     title = "Item not in slate"
+
+
+class EventIdReused(Refused):
+    """An outcome's event id was stored before with other content: not a retry of it."""
+
+    code = "event-id-reused"
+    title = "Event id reused"
+    status = 409
 
 
 class IdempotencyKeyReused(Refused):

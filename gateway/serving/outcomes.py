@@ -11,7 +11,12 @@ import asyncpg
 import orjson
 
 from domain.events import OutcomeRecorded, RecommendationServed, to_payload
-from gateway.serving.errors import InvalidValue, ItemNotInSlate, UnknownRecommendation
+from gateway.serving.errors import (
+    EventIdReused,
+    InvalidValue,
+    ItemNotInSlate,
+    UnknownRecommendation,
+)
 from gateway.serving.listeners import Pseudonyms
 from gateway.serving.requests import OutcomesIn
 from gateway.store import reads
@@ -108,4 +113,29 @@ class OutcomeRecorder:
                     to_payload(event),
                 )
             )
-        return await self._store.append(events)
+        result = await self._store.append(events)
+        await self._check_duplicates(events, result)
+        return result
+
+    # What makes an outcome the same outcome: a retry carries all of it unchanged. (`occurred_at`
+    # is left out: a client that omits it gets the server's clock, which differs on a retry.)
+    SAME = ("user", "item_id", "kind", "value", "recommendation_id")
+
+    async def _check_duplicates(self, events: list[NewEvent], result: AppendResult) -> None:
+        """An event id stored before is a harmless duplicate only if it is the same outcome;
+        an id reused for another one is refused, naming it (the new outcomes of the request
+        are stored; resending the request with the id fixed is safe)."""
+        again = [i for i, r in enumerate(result.recorded) if r.duplicate]
+        if not again:
+            return
+        stored = await self._store.read_events([events[i].event_id for i in again])
+        for i in again:
+            original = stored.get(events[i].event_id)
+            new = events[i].payload
+            if original is None or any(original.payload.get(k) != new.get(k) for k in self.SAME):
+                raise EventIdReused(
+                    f"event_id {events[i].event_id} was stored before for another outcome "
+                    "(a retry must resend the same user, item, kind, value and "
+                    "recommendation); use a new id for a new outcome",
+                    field=f"outcomes[{i}].event_id",
+                )

@@ -120,3 +120,8 @@ class EventStore(Protocol):
     async def stream_version(self, stream_id: str) -> int:
         """The stream's current version; 0 for a stream with no events."""
         ...
+
+    async def read_events(self, event_ids: Sequence[UUID]) -> dict[UUID, StoredEvent]:
+        """The stored events with these ids (an id not stored is absent): what a duplicate was
+        a duplicate of."""
+        ...

@@ -85,3 +85,7 @@ class InMemoryEventStore:
 
     async def stream_version(self, stream_id: str) -> int:
         return self._versions.get(stream_id, 0)
+
+    async def read_events(self, event_ids: Sequence[UUID]) -> dict[UUID, StoredEvent]:
+        found = (self._ids.get(i) for i in event_ids)
+        return {r.event_id: self._events[r.global_position - 1] for r in found if r is not None}

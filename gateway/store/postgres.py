@@ -193,6 +193,13 @@ FROM e
 """
 
 
+_READ_EVENTS = """
+SELECT e.global_position, e.tx_id::text, e.recorded_at, e.stream_id, e.stream_version, e.event_id,
+       e.event_type, e.schema_version, e.payload::text, e.metadata::text
+FROM event_ids i JOIN events e ON e.global_position = i.global_position
+WHERE i.event_id = ANY($1::uuid[])
+"""
+
 _READ_STREAM = """
 SELECT global_position, tx_id::text, recorded_at, stream_id, stream_version, event_id,
        event_type, schema_version, payload::text, metadata::text
@@ -600,6 +607,10 @@ class PostgresEventStore:
     async def read_stream(self, stream_id: str, from_version: int = 1) -> list[StoredEvent]:
         rows = await self._pool.fetch(_READ_STREAM, stream_id, from_version)
         return [row_to_event(r) for r in rows]
+
+    async def read_events(self, event_ids: Sequence[UUID]) -> dict[UUID, StoredEvent]:
+        rows = await self._pool.fetch(_READ_EVENTS, list(event_ids))
+        return {e.event_id: e for e in map(row_to_event, rows)}
 
     async def stream_version(self, stream_id: str) -> int:
         version = await self._pool.fetchval(

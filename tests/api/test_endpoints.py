@@ -463,6 +463,29 @@ async def test_a_duplicate_event_id_inside_one_batch_is_stored_once(
     assert await count_events(db, OutcomeRecorded.TYPE) == 1
 
 
+@pytest.mark.parametrize(
+    ("change", "to"),
+    [("user_id", "someone-else"), ("item_id", "tr-2"), ("kind", "skip"), ("value", 9.0)],
+)
+async def test_an_event_id_reused_for_another_outcome_is_a_409_naming_it(
+    api: Api, db: asyncpg.Connection, change: str, to: object
+) -> None:
+    first = outcome("u1", "tr-1", "stream_30s", value=31_000)
+    assert (await api.post("/v1/outcomes", {"outcomes": [first]})).status == 200
+    other = {**first, change: to}
+    fresh = outcome("u2", "tr-3", "save")
+    reply = await api.post("/v1/outcomes", {"outcomes": [fresh, other]})
+    problem = expect_problem(reply, 409, "outcomes[1].event_id", kind="event-id-reused")
+    assert first["event_id"] in problem["detail"]
+    # The original stays as it was; the same content resent is still a harmless duplicate.
+    [stored, *_] = [o for o in await recorded_outcomes(db) if str(o.event_id) == first["event_id"]]
+    assert stored.item_id == "tr-1"
+    assert stored.value == 31_000
+    again = await api.post("/v1/outcomes", {"outcomes": [first, fresh]})
+    assert again.status == 200
+    assert again.json() == {"accepted": 0, "duplicates": 2}
+
+
 async def test_listeners_are_stored_only_as_pseudonyms(
     client: SegueClient, db: asyncpg.Connection
 ) -> None:

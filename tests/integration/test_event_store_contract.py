@@ -182,6 +182,22 @@ async def test_same_event_id_again_is_a_duplicate_pointing_at_the_original(
     assert await store.stream_version("s") == 3
 
 
+async def test_read_events_gives_what_a_duplicate_was_a_duplicate_of(store: EventStore) -> None:
+    first, second = event("s", 1), event("t", 2)
+    await store.append([first, second])
+    absent = uuid4()
+    found = await store.read_events([second.event_id, absent, first.event_id])
+    assert set(found) == {first.event_id, second.event_id}
+    for sent in (first, second):
+        got = found[sent.event_id]
+        assert (got.stream_id, got.event_type, got.payload) == (
+            sent.stream_id,
+            sent.event_type,
+            sent.payload,
+        )
+    assert await store.read_events([]) == {}
+
+
 async def test_retry_after_the_stream_moved_on_returns_the_original_result(
     store: EventStore,
 ) -> None:
