@@ -19,10 +19,15 @@ def project() -> None:
     """Run the projectors alone (for deployments where `serve` runs with
     SEGUE_RUN_PROJECTORS=false). One runner per projection applies; extra ones wait."""
     from gateway.projections.runner import Runner, all_projections
+    from gateway.store.database import LogFromTheFuture, check_log_order
 
     settings = load_settings()
     setup_logging(settings)
     url = database_url(settings)
+    try:
+        asyncio.run(check_log_order(url))
+    except LogFromTheFuture as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
 
     async def run() -> None:
         runners = [

@@ -35,7 +35,13 @@ def _run_worker(settings: Settings, url: str, host: str, port: int, reuse_port: 
 )
 def serve(host: str | None, port: int | None, workers: int) -> None:
     """Run the gateway (migrating the database first, once it can be reached)."""
-    from gateway.store.database import DatabaseUnreachable, migrate, wait_for_database
+    from gateway.store.database import (
+        DatabaseUnreachable,
+        LogFromTheFuture,
+        check_log_order,
+        migrate,
+        wait_for_database,
+    )
 
     settings = load_settings()
     setup_logging(settings)
@@ -44,7 +50,8 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         asyncio.run(
             wait_for_database("migrating", lambda: migrate(url), settings.startup_wait_seconds)
         )
-    except DatabaseUnreachable as exc:
+        asyncio.run(check_log_order(url))
+    except (DatabaseUnreachable, LogFromTheFuture) as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
     host = host or settings.host
     port = port if port is not None else settings.port

@@ -225,3 +225,36 @@ async def current_revision(url: str) -> str | None:
 async def ping(pool: asyncpg.Pool) -> None:
     """One round trip to the server: raises if it cannot be reached."""
     await pool.fetchval("SELECT 1")
+
+
+class LogFromTheFuture(Exception):
+    """The log holds events of transactions this server has not reached yet."""
+
+
+async def check_log_order(dsn: str) -> None:
+    """Refuse a database whose log was moved in a way that breaks its order.
+
+    Readers order the log by the writing transaction's id (`xid8`) and read only below the
+    oldest running transaction. A logical dump and restore, or logical replication, into a
+    younger cluster keeps the ids the events were written with, above the new server's own:
+    every reader would then see none of that history, and new events would sort before it.
+    Physical backups, streaming replicas and `pg_upgrade` keep the server's transaction
+    counter, and are safe (deploy/README.md)."""
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_SECONDS)
+    try:
+        row = await conn.fetchrow(
+            "SELECT (SELECT max(tx_id) FROM events)::text, "
+            "pg_snapshot_xmax(pg_current_snapshot())::text"
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    newest, next_id = row[0], int(row[1])
+    if newest is not None and int(newest) >= next_id:
+        raise LogFromTheFuture(
+            f"the event log holds events of transaction {int(newest):,}, but this server has "
+            f"only reached {next_id:,}: the database was restored or replicated logically into "
+            "another cluster, and readers would see none of its history. Move the log with "
+            "`segue export` and `segue import` (which number it anew) into a fresh database, or "
+            "restore a physical backup (deploy/README.md)"
+        )
