@@ -9,6 +9,8 @@ any more, with its projection rows kept forever.
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -55,20 +57,56 @@ class Erasure:
 
 
 def mention(value: Any, ids: Collection[str], path: str = "") -> str | None:
-    """Where in a JSON value one of `ids` appears as a key or a string (e.g. `.device.owner`,
-    `[2]`), or None. Used to keep listeners' own ids out of what is logged verbatim."""
+    """Where in a JSON value one of `ids` appears (e.g. `.device.owner`, `[2]`), or None. Used
+    to keep listeners' own ids out of what is logged verbatim, where forgetting cannot reach.
+
+    The rule (docs/decisions.md 64): an id appears, in any casing, where it stands as a token:
+    a string or key equal to it, or containing it with no letter or digit right before or after
+    it (`/users/alice/home`, `u=Alice&x`, `alice@example`); or a number equal to it (`42` for
+    the listener `"42"`). An id inside a longer word or number is not a mention: a short id must
+    not refuse innocent contexts ("al" in "always", "42" in "x420")."""
+    return _mention(value, _matcher(ids), _numbers(ids), path)
+
+
+def _matcher(ids: Collection[str]) -> re.Pattern[str] | None:
+    words = sorted({i.casefold() for i in ids if i}, key=len, reverse=True)
+    if not words:
+        return None
+    alternatives = "|".join(re.escape(w) for w in words)
+    return re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])")
+
+
+def _numbers(ids: Collection[str]) -> set[float]:
+    out = set()
+    for i in ids:
+        try:
+            number = float(i)
+        except ValueError:
+            continue
+        if math.isfinite(number):
+            out.add(number)
+    return out
+
+
+def _mention(
+    value: Any, matcher: re.Pattern[str] | None, numbers: set[float], path: str
+) -> str | None:
     if isinstance(value, str):
-        return path if value in ids else None
+        return path if matcher is not None and matcher.search(value.casefold()) else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return path if value in numbers else None
     if isinstance(value, Mapping):
         for k, v in value.items():
-            if k in ids:
+            if matcher is not None and matcher.search(str(k).casefold()):
                 return path  # the object holding it: a field naming the key would echo the id
-            found = mention(v, ids, f"{path}.{k}")
+            found = _mention(v, matcher, numbers, f"{path}.{k}")
             if found is not None:
                 return found
     elif isinstance(value, Sequence):
         for i, v in enumerate(value):
-            found = mention(v, ids, f"{path}[{i}]")
+            found = _mention(v, matcher, numbers, f"{path}[{i}]")
             if found is not None:
                 return found
     return None
