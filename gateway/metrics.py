@@ -16,6 +16,11 @@ LATENCY = Histogram(
 APPENDED = Counter("segue_events_appended_total", "Events appended (duplicates excluded)")
 FLUSHES = Counter("segue_append_flushes_total", "Group-commit transactions committed")
 LAG_EVENTS = Gauge("segue_projection_lag_events", "Events not yet applied", ["projection"])
+PROJECTION_FAILED = Gauge(
+    "segue_projection_failed",
+    "1 while the projector cannot fold the next event (it retries, never skips)",
+    ["projection"],
+)
 LAG_SECONDS = Gauge(
     "segue_projection_lag_seconds", "Age of the oldest event not yet applied", ["projection"]
 )

@@ -124,6 +124,8 @@ def status(as_json: bool) -> None:
                         "events_applied": r.events_applied,
                         "lag_events": r.lag_events,
                         "lag_seconds": round(r.lag_seconds, 3),
+                        "error": r.error,
+                        "failed_position": r.failed_position,
                     }
                     for r in rows
                 ],
@@ -142,3 +144,7 @@ def status(as_json: bool) -> None:
             f"{r.name:<12} {r.version:>3} {r.status:<9} {r.definition_version:<20} "
             f"{r.position.global_position:>10} {r.lag_events:>10} {r.lag_seconds:>8.1f}"
         )
+        if r.error is not None:
+            click.echo(
+                f"  stopped at event {r.failed_position}: {r.error} (retrying; never skipped)"
+            )

@@ -52,6 +52,7 @@ from gateway.http.schemas import (
     SurfaceRewardsOut,
 )
 from gateway.projections.rewards import SurfaceRewards
+from gateway.projections.runner import failed as failed_projections
 from gateway.projections.runner import publish_lag
 from gateway.projections.runner import status as projection_status
 from gateway.serving.catalog import CatalogItem
@@ -359,6 +360,22 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         checks["index"] = "none yet"
     else:
         checks["index"] = f"ok (version {holder.current.version})"
+    # A projector stopped at an event it cannot apply: answers go on from aggregates that no
+    # longer move, so the process is degraded (still ready: every process would be the same).
+    if ready:
+        try:
+            async with asyncio.timeout(1.0):
+                stuck = await failed_projections(request.app[POOL])
+        except Exception as exc:
+            stuck = []
+            checks["projections"] = f"unknown: {exc.__class__.__name__}"
+        else:
+            checks["projections"] = (
+                "; ".join(f"{n} stopped at event {pos}: {err}" for n, err, pos in stuck)
+                if stuck
+                else "ok"
+            )
+        degraded = degraded or bool(stuck)
     state: Literal["ready", "degraded", "not ready"] = (
         "not ready" if not ready else "degraded" if degraded else "ready"
     )
@@ -462,6 +479,8 @@ async def admin_status(request: web.Request) -> web.StreamResponse:
                     events_applied=r.events_applied,
                     lag_events=r.lag_events,
                     lag_seconds=r.lag_seconds,
+                    error=r.error,
+                    failed_position=r.failed_position,
                 )
                 for r in rows
             ],

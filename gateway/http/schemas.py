@@ -145,6 +145,12 @@ class ProjectionStatusOut(Model):
     events_applied: int
     lag_events: int
     lag_seconds: float
+    error: str | None = Field(
+        default=None, description="Why the projector stopped (status failed); it retries"
+    )
+    failed_position: int | None = Field(
+        default=None, description="global_position of the event it cannot apply"
+    )
 
 
 class IndexOut(Model):

@@ -23,7 +23,7 @@ from domain.events import DomainEvent
 from domain.rewards import DEFAULT, RewardDefinition
 from domain.upcasting import decode
 from gateway.backoff import Backoff
-from gateway.metrics import LAG_EVENTS, LAG_SECONDS
+from gateway.metrics import LAG_EVENTS, LAG_SECONDS, PROJECTION_FAILED
 from gateway.projections.definitions import PROJECTIONS, Projection, q
 from gateway.store import reads
 from gateway.store.api import START, Position
@@ -180,6 +180,15 @@ class Runner:
         self.lock_poll_seconds = lock_poll_seconds
         self.retry_seconds = retry_seconds
         self._backoff = Backoff(initial=retry_seconds)
+        # A fold that raised: retried with backoff (never skipped), one event at a time so that
+        # the position reported is the event's own, until that event is applied.
+        self._failure_backoff = Backoff(initial=retry_seconds, maximum=30.0)
+        self.failure: str | None = None
+        self.failed_position: int | None = None
+        self._attempt: int | None = None  # first position of the batch being applied
+        self._attempt_size = 0
+        # A batch failed: apply one event at a time to find which (not yet reported).
+        self._narrowing = False
         self.on_batch = on_batch
         self.position = START
         self.version: Version | None = None
@@ -210,6 +219,49 @@ class Runner:
                     wait,
                 )
                 await asyncio.sleep(wait)
+            except Exception as exc:  # a fold that raised: stop at the event, report, retry
+                self.active = False
+                await self._failed(exc)
+
+    async def _failed(self, exc: Exception) -> None:
+        if self._attempt_size > 1:
+            # Which of the batch's events? Find out at once, one at a time, before saying.
+            self._narrowing = True
+            log.info(
+                "%s: a batch failed (%r); applying one event at a time", self.projection.name, exc
+            )
+            return
+        position = self._attempt
+        first = self.failure is None or position != self.failed_position
+        self.failure = f"{exc.__class__.__name__}: {exc}"[:2000]
+        self.failed_position = position
+        PROJECTION_FAILED.labels(self.projection.name).set(1)
+        wait = self._failure_backoff.next()
+        if first:
+            log.exception(
+                "%s: cannot apply the event at position %s; retrying in %.1f s (it is never "
+                "skipped)",
+                self.projection.name,
+                position,
+                wait,
+            )
+        else:
+            log.warning("%s: still failing at %s: %s", self.projection.name, position, exc)
+        with contextlib.suppress(Exception):  # an outage here is reported by the next attempt
+            await record_failure(self.dsn, self.projection.name, self.failure, position)
+        await asyncio.sleep(wait)
+
+    async def _recovered(self, conn: Connection, version: Version) -> None:
+        log.info("%s: applied the event it was stopped at; going on", self.projection.name)
+        self.failure = self.failed_position = None
+        self._failure_backoff.reset()
+        PROJECTION_FAILED.labels(self.projection.name).set(0)
+        await conn.execute(
+            "UPDATE projections SET failure = NULL, failed_position = NULL, failed_at = NULL "
+            "WHERE name = $1 AND version = $2",
+            version.name,
+            version.version,
+        )
 
     async def _resolve(self, conn: Connection) -> Version:
         if self._pinned_version is None:
@@ -248,13 +300,20 @@ class Runner:
             self._backoff.reset()
             await self._set_position(version.position)
             while True:
-                rows = await reads.read_after(conn, self.position, self.batch_size)
+                one = self.failure is not None or self._narrowing
+                rows = await reads.read_after(conn, self.position, 1 if one else self.batch_size)
                 if not rows:
+                    self._narrowing = False  # caught up: whatever failed has passed
                     self.caught_up = True
                     await self._idle()
                     continue
                 self.caught_up = False
+                self._attempt, self._attempt_size = rows[0][0], len(rows)
                 await self._apply(conn, version, rows)
+                if self.failure is not None and (
+                    self.failed_position is None or rows[-1][0] >= self.failed_position
+                ):
+                    await self._recovered(conn, version)
         finally:
             self.active = False
             with contextlib.suppress(Exception):
@@ -323,12 +382,39 @@ async def position_of(conn: Connection | asyncpg.Pool, global_position: int) -> 
 class Status:
     name: str
     version: int
-    status: str
+    status: str  # building, live, or failed (a live or building one stopped at an event)
     definition_version: str
     position: Position
     events_applied: int
     lag_events: int
     lag_seconds: float
+    error: str | None = None
+    failed_position: int | None = None
+
+
+async def record_failure(dsn: str, name: str, error: str, position: int | None) -> None:
+    """Mark the projection's applying versions as stopped (for every process to see)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "UPDATE projections SET failure = $2, failed_position = $3, failed_at = now() "
+            "WHERE name = $1 AND status <> 'retired'",
+            name,
+            error,
+            position,
+        )
+    finally:
+        await conn.close()
+
+
+async def failed(conn: Connection | asyncpg.Pool) -> list[tuple[str, str, int | None]]:
+    """(name, error, position) of every projection stopped at an event: a cheap read for
+    readiness checks."""
+    rows = await conn.fetch(
+        "SELECT name, failure, failed_position FROM projections "
+        "WHERE failure IS NOT NULL AND status <> 'retired' ORDER BY name"
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 async def status(
@@ -339,8 +425,8 @@ async def status(
     connection's own `command_timeout` (None: the connection's)."""
     rows = await conn.fetch(
         "SELECT name, version, status, definition_version, tx_id::text AS tx_id, "
-        "global_position, events_applied FROM projections WHERE status <> 'retired' "
-        "ORDER BY name, version"
+        "global_position, events_applied, failure, failed_position FROM projections "
+        "WHERE status <> 'retired' ORDER BY name, version"
     )
     out = []
     for r in rows:
@@ -350,12 +436,14 @@ async def status(
             Status(
                 r["name"],
                 r["version"],
-                r["status"],
+                "failed" if r["failure"] is not None else r["status"],
                 r["definition_version"],
                 position,
                 r["events_applied"],
                 lag_events,
                 lag_seconds,
+                r["failure"],
+                r["failed_position"],
             )
         )
     return out
@@ -427,6 +515,7 @@ def all_projections() -> list[Projection]:
 
 def publish_lag(rows: Iterable[Status]) -> None:
     for r in rows:
-        if r.status == "live":
+        if r.status != "building":  # live, or live and stopped at an event
             LAG_EVENTS.labels(r.name).set(r.lag_events)
             LAG_SECONDS.labels(r.name).set(r.lag_seconds)
+            PROJECTION_FAILED.labels(r.name).set(1 if r.error is not None else 0)

@@ -163,6 +163,10 @@ projections = sa.Table(
     sa.Column("global_position", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Column("last_recorded_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("events_applied", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    # What stopped the projector, and at which event (migration 0007); null while it runs.
+    sa.Column("failure", sa.Text, nullable=True),
+    sa.Column("failed_position", sa.BigInteger, nullable=True),
+    sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column(
         "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
