@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from typing import Any
 
 import click
@@ -53,9 +54,16 @@ def keys_list() -> None:
 
     url = database_url(load_settings())
     rows = asyncio.run(_with_conn(url, list_keys))
+    if not rows:
+        click.echo("no keys yet: `segue keys create --name NAME --scopes SCOPES`")
+        return
+    click.echo(f"{'key id':<10} {'name':<20} {'scopes':<32} {'created (UTC)':<16}  state")
     for r in rows:
-        state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
-        click.echo(f"{r['key_id']}  {r['name']:<20} {','.join(r['scopes']):<32} {state}")
+        state = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "active"
+        created = f"{r['created_at'].astimezone(UTC):%Y-%m-%d %H:%M}"
+        click.echo(
+            f"{r['key_id']:<10} {r['name']:<20} {','.join(r['scopes']):<32} {created:<16}  {state}"
+        )
 
 
 @keys.command("revoke")

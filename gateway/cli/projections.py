@@ -101,7 +101,8 @@ def status(as_json: bool) -> None:
 
     from gateway.projections.runner import status as projection_status
 
-    url = database_url(load_settings())
+    settings = load_settings()
+    url = database_url(settings)
 
     async def run() -> list[Any]:
         conn = await asyncpg.connect(url)
@@ -148,3 +149,28 @@ def status(as_json: bool) -> None:
             click.echo(
                 f"  stopped at event {r.failed_position}: {r.error} (retrying; never skipped)"
             )
+    click.echo(_index_line(settings.index_root))
+
+
+def _index_line(root: Path) -> str:
+    """The published index, as the admin route shows it (what every gateway loads)."""
+    from gateway.index.files import MANIFEST
+
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except FileNotFoundError:
+        return f"index: none published under {root}"
+    except (OSError, ValueError) as exc:
+        return f"index: the manifest under {root} is unreadable ({exc.__class__.__name__})"
+    candidates = manifest.get("candidates", {})
+    return (
+        f"index: version {manifest.get('version')} built {manifest.get('built_at', '?')[:19]}, "
+        f"{manifest.get('items', 0):,} items, {manifest.get('listeners', 0):,} listeners, "
+        f"recall@10 {manifest.get('recall_at_10', float('nan')):.3f}"
+        + (
+            f", candidates recall@10 {candidates['recall_at_10']:.3f}"
+            if "recall_at_10" in candidates
+            else ""
+        )
+        + f" ({root})"
+    )

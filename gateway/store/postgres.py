@@ -28,6 +28,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from gateway.metrics import APPENDED
 from gateway.store import reads
 from gateway.store.api import (
     AppendResult,
@@ -418,6 +419,7 @@ class PostgresEventStore:
                 await self._give_back(lane)
                 return
             self.flushes += 1
+            APPENDED.inc(sum(r.accepted for r in results if isinstance(r, AppendResult)))
             for p, result in zip(batch, results, strict=True):
                 if p.future.done():
                     continue

@@ -558,6 +558,23 @@ async def test_metrics_count_requests_by_route(api: Api) -> None:
     assert "some-id" not in after.text()
 
 
+def _appended(text: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "segue_events_appended_total":
+                return float(sample.value)
+    raise AssertionError("segue_events_appended_total is not exported")
+
+
+async def test_appended_events_are_counted_and_duplicates_are_not(api: Api) -> None:
+    before = _appended((await api.get("/metrics", key=None)).text())
+    batch = [outcome(f"u{k}", f"tr-{k}", "save") for k in range(4)]
+    assert (await api.post("/v1/outcomes", {"outcomes": batch})).status == 200
+    assert (await api.post("/v1/outcomes", {"outcomes": batch})).status == 200  # duplicates
+    after = _appended((await api.get("/metrics", key=None)).text())
+    assert after - before == 4
+
+
 async def test_openapi_is_valid_3_1_and_describes_every_route(api: Api) -> None:
     reply = await api.get("/openapi.json", key=None)
     assert reply.status == 200

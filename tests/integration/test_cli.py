@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -51,6 +52,9 @@ async def test_keys_create_list_revoke(env: dict[str, str], db_url: str) -> None
     assert key_id in listed.stdout
     assert "ingest-bot" in listed.stdout
     assert secret not in listed.stdout
+    header, row = listed.stdout.splitlines()[:2]
+    assert header.split() == ["key", "id", "name", "scopes", "created", "(UTC)", "state"]
+    assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}\s+active$", row), row
 
     conn = await asyncpg.connect(db_url)
     try:
@@ -257,3 +261,30 @@ async def test_a_log_restored_into_a_younger_cluster_is_refused_at_start(
         [line] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert line.startswith("Error: cannot start: the event log holds events of transaction")
         assert "`segue export` and `segue import`" in line
+
+
+def test_status_shows_the_published_index_as_the_admin_route_does(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    result = run(["status"], env)
+    assert result.returncode == 0, result.stderr
+    assert f"index: none published under {tmp_path / 'index'}" in result.stdout
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / "manifest.json").write_text(
+        json.dumps(
+            {
+                "version": "20261207T100000",
+                "built_at": "2026-12-07T10:00:00+00:00",
+                "items": 1234,
+                "listeners": 56,
+                "recall_at_10": 0.9876,
+                "candidates": {"recall_at_10": 1.0},
+            }
+        )
+    )
+    shown = run(["status"], env).stdout
+    assert (
+        "index: version 20261207T100000 built 2026-12-07T10:00:00, 1,234 items, 56 listeners, "
+        "recall@10 0.988, candidates recall@10 1.000"
+    ) in shown
