@@ -3,12 +3,51 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import asyncpg
 import click
 from aiohttp import web
 
 from gateway.cli.common import database_url, load_settings, setup_logging
+
+DEMO_KEY_FILE = "demo-key"  # in the data folder, readable by its owner only
+
+
+async def _demo_key(pool: asyncpg.Pool, path: Path) -> str:
+    """The demo's key: the one made last time if it is still valid, else a new one (kept in
+    `path`, so that re-running the demo does not pile up keys, and pasted commands keep
+    working)."""
+    from gateway.http.auth import Scope, create_key
+
+    kept = await asyncio.to_thread(_read_kept, path)
+    if kept.startswith("sk_") and kept.count("_") >= 2:
+        valid = await pool.fetchval(
+            "SELECT revoked_at IS NULL FROM api_keys WHERE key_id = $1", kept.split("_")[1]
+        )
+        if valid:
+            return kept
+    _, secret = await create_key(pool, "demo", frozenset(Scope))
+    await asyncio.to_thread(_keep, path, secret)
+    return secret
+
+
+def _read_kept(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _keep(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    # Created readable by its owner only, never for a moment by anyone else.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
 
 
 def _examples(base: str, key: str, item: str) -> str:
@@ -52,8 +91,7 @@ def demo(host: str | None, port: int | None, items: int, users: int) -> None:
     """Seed a synthetic catalogue and listeners, create a key, print examples, and serve."""
     from gateway.cli.demo_data import DemoClock, demo_items, seed
     from gateway.http.app import create_app, utc_now
-    from gateway.http.appkeys import POOL
-    from gateway.http.auth import Scope, create_key
+    from gateway.http.appkeys import CATALOG, POOL
     from gateway.store.database import migrate
 
     settings = load_settings()
@@ -69,11 +107,18 @@ def demo(host: str | None, port: int | None, items: int, users: int) -> None:
 
     async def seed_and_explain(app: web.Application) -> AsyncIterator[None]:
         seeded = await seed(app, clock, items, users, utc_now())
-        _, secret = await create_key(app[POOL], "demo", frozenset(Scope))
-        click.echo(
-            f"seeded {seeded.items} items and {seeded.outcomes} outcomes ({users} listeners)",
-            err=True,
-        )
+        secret = await _demo_key(app[POOL], settings.data_dir / DEMO_KEY_FILE)
+        if seeded.items or seeded.outcomes:
+            click.echo(
+                f"seeded {seeded.items} items and {seeded.outcomes} outcomes ({users} listeners)",
+                err=True,
+            )
+        else:
+            live = await app[CATALOG].count_live()
+            click.echo(
+                f"the demo data is already here ({live} items); serving it again with the same key",
+                err=True,
+            )
         if seeded.slates:
             click.echo(
                 f"served {seeded.slates} slates over the last days through the policy, "

@@ -288,3 +288,45 @@ def test_status_shows_the_published_index_as_the_admin_route_does(
         "index: version 20261207T100000 built 2026-12-07T10:00:00, 1,234 items, 56 listeners, "
         "recall@10 0.988, candidates recall@10 1.000"
     ) in shown
+
+
+def _demo_until_explained(env: dict[str, str], tmp_path: Path, run_no: int) -> tuple[str, str]:
+    """Run `segue demo` until it has printed its examples; returns (key, stderr)."""
+    out, err = tmp_path / f"demo{run_no}.out", tmp_path / f"demo{run_no}.err"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [*SEGUE, "demo", "--port", str(port), "--items", "40", "--users", "8"],
+            cwd=ROOT,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "export SEGUE_KEY=" not in out.read_text():
+                assert proc.poll() is None, err.read_text()[-3000:]
+                assert time.monotonic() < deadline, err.read_text()[-3000:]
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    [line] = [x for x in out.read_text().splitlines() if "export SEGUE_KEY=" in x]
+    return line.split("=", 1)[1].strip(), err.read_text()
+
+
+def test_running_the_demo_again_reuses_its_data_and_its_key(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    first_key, first = _demo_until_explained(env, tmp_path, 1)
+    assert "seeded 40 items" in first
+    second_key, second = _demo_until_explained(env, tmp_path, 2)
+    assert second_key == first_key
+    assert "the demo data is already here (40 items)" in second
+    assert "seeded 0 items" not in second
+    kept = tmp_path / "demo-key"
+    assert kept.stat().st_mode & 0o077 == 0  # the owner's alone
+    listed = run(["keys", "list"], env).stdout
+    assert sum(" demo " in line for line in listed.splitlines()) == 1
