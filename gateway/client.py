@@ -5,11 +5,17 @@ benchmarks).
         slate = await segue.recommend("user-1", surface="home", n=10)
         await segue.record_outcomes([outcome(...)])
 
-Errors come back as `SegueError` carrying the problem+json body.
+Errors come back as `SegueError` carrying the problem+json body. A 503 (the event store is
+away), a 429 (rate limited) and a lost connection are retried (tenacity), after the answer's
+`Retry-After` when it gives one, else with jittered exponential waits, within `retry_seconds`
+in all. Every route is safe to retry: outcomes are idempotent by `event_id`, catalogue writes
+leave the same state, and a recommendation or blend is sent with an `Idempotency-Key` made once
+per call, so a retried one is answered with the slate first logged for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -18,6 +24,16 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+)
+
+from gateway.backoff import jittered
+
+RETRIED_STATUSES = frozenset({429, 503})
 
 
 class SegueError(Exception):
@@ -65,7 +81,12 @@ class SegueClient:
         *,
         session: aiohttp.ClientSession | None = None,
         timeout: float = 30.0,
+        retry_seconds: float = 60.0,
     ) -> None:
+        """`timeout` bounds one attempt; `retry_seconds` all the attempts of one call (0: no
+        retries)."""
+        self.retry_seconds = retry_seconds
+        self.retries = 0  # attempts repeated so far, by this client
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._own_session = session is None
@@ -89,10 +110,53 @@ class SegueClient:
             await self._session.close()
 
     async def request(
-        self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """One call: attempts until an answer that is not worth retrying, or `retry_seconds`."""
+        if self.retry_seconds <= 0:
+            return await self._attempt(method, path, json, params, headers)
+        backoff = jittered(0.2, 5.0)
+
+        def wait(state: RetryCallState) -> float:
+            self.retries += 1
+            failure = state.outcome.exception() if state.outcome is not None else None
+            if isinstance(failure, SegueError) and failure.retry_after is not None:
+                try:
+                    return min(float(failure.retry_after), 30.0)
+                except ValueError:
+                    pass  # an HTTP date: rare from Segue; fall back to the backoff
+            return float(backoff(state))
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_worth_retrying),
+            wait=wait,
+            stop=stop_after_delay(self.retry_seconds),
+            reraise=True,
+        ):
+            with attempt:
+                return await self._attempt(method, path, json, params, headers)
+        raise AssertionError("unreachable: tenacity reraises the last failure")
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
     ) -> Any:
         async with self._session.request(
-            method, self.base_url + path, json=json, params=params, headers=self._headers
+            method,
+            self.base_url + path,
+            json=json,
+            params=params,
+            headers={**self._headers, **(headers or {})},
         ) as resp:
             if resp.content_type in ("application/json", "application/problem+json"):
                 body = await resp.json(content_type=None)
@@ -113,7 +177,10 @@ class SegueClient:
         candidates: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         kinds: Sequence[str] = (),
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
+        """One slate. Retries send the same `Idempotency-Key` (one is made if none is given),
+        so however often the call is retried, one slate is logged and answered."""
         body: dict[str, Any] = {"user_id": user_id, "surface": surface, "n": n}
         if context:
             body["context"] = dict(context)
@@ -123,14 +190,27 @@ class SegueClient:
             body["exclude"] = list(exclude)
         if kinds:
             body["kinds"] = list(kinds)
-        result: dict[str, Any] = await self.request("POST", "/v1/recommendations", json=body)
+        result: dict[str, Any] = await self.request(
+            "POST",
+            "/v1/recommendations",
+            json=body,
+            headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
+        )
         return result
 
     async def blend(
-        self, user_ids: Sequence[str], *, surface: str = "home", n: int = 10
+        self,
+        user_ids: Sequence[str],
+        *,
+        surface: str = "home",
+        n: int = 10,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self.request(
-            "POST", "/v1/blends", json={"user_ids": list(user_ids), "surface": surface, "n": n}
+            "POST",
+            "/v1/blends",
+            json={"user_ids": list(user_ids), "surface": surface, "n": n},
+            headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
         )
         return result
 
@@ -184,7 +264,7 @@ class SegueClient:
 
     async def ready(self) -> bool:
         try:
-            await self.request("GET", "/readyz")
+            await self._attempt("GET", "/readyz", None, None, None)
         except (SegueError, aiohttp.ClientError):
             return False
         return True
@@ -192,3 +272,9 @@ class SegueClient:
     async def openapi(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", "/openapi.json")
         return result
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    if isinstance(exc, SegueError):
+        return exc.status in RETRIED_STATUSES
+    return isinstance(exc, aiohttp.ClientConnectionError | asyncio.TimeoutError)
