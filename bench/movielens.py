@@ -73,7 +73,7 @@ from domain.embeddings import AlsParams, fit_als
 from domain.events import OutcomeKind
 from domain.rewards import DEFAULT
 from gateway.analysis.wheels import fetch_wheel
-from gateway.client import SegueClient, SegueError, outcome
+from gateway.client import SegueClient, outcome
 from gateway.index.build import IndexParams
 
 from _common import add_url_argument, bench_key, quantile, serving, throwaway_database
@@ -259,15 +259,8 @@ def factorisation(split: Split, params: AlsParams) -> dict[str, list[str]]:
 
 
 async def call(client: SegueClient, method: str, path: str, body: Any = None) -> Any:
-    """One request, resent after a 429 or 503 (resending is always safe)."""
-    for _ in range(50):
-        try:
-            return await client.request(method, path, json=body)
-        except SegueError as exc:
-            if exc.status not in (429, 503):
-                raise
-            await asyncio.sleep(float(exc.retry_after or 0.5))
-    raise RuntimeError(f"{method} {path}: still refused after 50 attempts")
+    """One request; the client resends it after a 429 or 503 (resending is always safe)."""
+    return await client.request(method, path, json=body)
 
 
 @dataclass
