@@ -76,7 +76,7 @@ import psutil  # type: ignore[import-untyped]  # comes with pgserver; ships no t
 from aiohttp import web
 from numpy.typing import NDArray
 
-from gateway.client import SegueClient, outcome
+from gateway.client import Recommendation, SegueClient, outcome
 
 from _common import ROOT, add_url_argument, bench_key, free_port, serving, throwaway_database
 
@@ -193,7 +193,7 @@ async def give_history(
     round_ = 0
     last_report = time.monotonic()
 
-    async def ask(k: int) -> tuple[int, dict[str, Any]]:
+    async def ask(k: int) -> tuple[int, Recommendation]:
         nonlocal answered, last_report
         async with sem:
             rec = await client.recommend(f"lu{k}", surface="home", n=10)

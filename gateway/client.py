@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, TypedDict
 from urllib.parse import quote
 
 import aiohttp
@@ -34,6 +34,123 @@ from tenacity import (
 from gateway.backoff import jittered
 
 RETRIED_STATUSES = frozenset({429, 503})
+
+
+# --- the answers, typed (plain dicts at run time: `answer["items"]` as before) ---------------
+
+
+class SlateItem(TypedDict):
+    item_id: str
+    position: int
+    score: float
+    propensity: float
+
+
+class Policy(TypedDict):
+    name: str
+    version: str
+
+
+class Recommendation(TypedDict):
+    recommendation_id: str
+    items: list[SlateItem]
+    policy: Policy
+    index_version: str
+
+
+class Outcomes(TypedDict):
+    accepted: int
+    duplicates: int
+
+
+class Item(TypedDict):
+    item_id: str
+    kind: str
+    attributes: dict[str, Any]
+    vector: list[float] | None
+    retired: bool
+    version: int
+
+
+class Forgotten(TypedDict):
+    status: Literal["accepted"]
+
+
+class SimilarItem(TypedDict):
+    item_id: str
+    score: float
+
+
+class Similar(TypedDict):
+    item_id: str
+    items: list[SimilarItem]
+    index_version: str
+
+
+class Reward(TypedDict):
+    sum: float
+    mean: float
+    count: int
+
+
+class SurfaceRewards(TypedDict):
+    served: int
+    outcomes: dict[str, int]
+    reward: Reward
+
+
+class LongTerm(TypedDict):
+    estimate: float
+    variance: float
+    observed_traces: int
+    horizon_days: int
+
+
+class ItemRewards(TypedDict):
+    item_id: str
+    as_of: str
+    definition_version: str
+    served: int
+    outcomes: dict[str, int]
+    reward: Reward
+    positions: dict[str, int]
+    by_surface: dict[str, SurfaceRewards]
+    long_term: LongTerm
+    projected_through: str | None
+
+
+class ProjectionStatus(TypedDict):
+    name: str
+    version: int
+    status: str
+    definition_version: str
+    position: int
+    events_applied: int
+    lag_events: int
+    lag_seconds: float
+    error: str | None
+    failed_position: int | None
+
+
+class IndexStatus(TypedDict):
+    version: str | None
+    built_at: str | None
+    items: int
+    recall_at_10: float | None
+    position: int | None
+    building: bool
+    error: str | None
+
+
+class Status(TypedDict):
+    projections: list[ProjectionStatus]
+    events: int
+    index: IndexStatus
+
+
+class Ready(TypedDict):
+    status: Literal["ready", "degraded", "not ready"]
+    checks: dict[str, str]
 
 
 class SegueError(Exception):
@@ -178,7 +295,7 @@ class SegueClient:
         exclude: Sequence[str] = (),
         kinds: Sequence[str] = (),
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Recommendation:
         """One slate. Retries send the same `Idempotency-Key` (one is made if none is given),
         so however often the call is retried, one slate is logged and answered."""
         body: dict[str, Any] = {"user_id": user_id, "surface": surface, "n": n}
@@ -190,7 +307,7 @@ class SegueClient:
             body["exclude"] = list(exclude)
         if kinds:
             body["kinds"] = list(kinds)
-        result: dict[str, Any] = await self.request(
+        result: Recommendation = await self.request(
             "POST",
             "/v1/recommendations",
             json=body,
@@ -205,8 +322,8 @@ class SegueClient:
         surface: str = "home",
         n: int = 10,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request(
+    ) -> Recommendation:
+        result: Recommendation = await self.request(
             "POST",
             "/v1/blends",
             json={"user_ids": list(user_ids), "surface": surface, "n": n},
@@ -214,21 +331,21 @@ class SegueClient:
         )
         return result
 
-    async def discover(self, user_id: str, *, n: int = 10) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request(
+    async def discover(self, user_id: str, *, n: int = 10) -> Recommendation:
+        result: Recommendation = await self.request(
             "GET", f"/v1/users/{quote(user_id, safe='')}/discover", params={"n": str(n)}
         )
         return result
 
-    async def forget(self, user_id: str) -> dict[str, Any]:
+    async def forget(self, user_id: str) -> Forgotten:
         """Erasure (admin scope): the same answer whether or not the id was known."""
-        result: dict[str, Any] = await self.request(
+        result: Forgotten = await self.request(
             "POST", f"/v1/users/{quote(user_id, safe='')}/forget"
         )
         return result
 
-    async def record_outcomes(self, outcomes: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-        result: dict[str, int] = await self.request(
+    async def record_outcomes(self, outcomes: Iterable[Mapping[str, Any]]) -> Outcomes:
+        result: Outcomes = await self.request(
             "POST", "/v1/outcomes", json={"outcomes": list(outcomes)}
         )
         return result
@@ -239,27 +356,23 @@ class SegueClient:
         kind: str,
         attributes: Mapping[str, Any] | None = None,
         vector: Sequence[float] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Item:
         body: dict[str, Any] = {"kind": kind, "attributes": dict(attributes or {})}
         if vector is not None:
             body["vector"] = list(vector)
-        result: dict[str, Any] = await self.request(
-            "PUT", f"/v1/items/{quote(item_id, safe='')}", json=body
-        )
+        result: Item = await self.request("PUT", f"/v1/items/{quote(item_id, safe='')}", json=body)
         return result
 
-    async def upsert_items(self, items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    async def upsert_items(self, items: Iterable[Mapping[str, Any]]) -> list[Item]:
         result = await self.request("POST", "/v1/items", json={"items": list(items)})
         return list(result["items"])
 
-    async def get_item(self, item_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("GET", f"/v1/items/{quote(item_id, safe='')}")
+    async def get_item(self, item_id: str) -> Item:
+        result: Item = await self.request("GET", f"/v1/items/{quote(item_id, safe='')}")
         return result
 
-    async def retire_item(self, item_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request(
-            "DELETE", f"/v1/items/{quote(item_id, safe='')}"
-        )
+    async def retire_item(self, item_id: str) -> Item:
+        result: Item = await self.request("DELETE", f"/v1/items/{quote(item_id, safe='')}")
         return result
 
     async def ready(self) -> bool:
@@ -268,6 +381,50 @@ class SegueClient:
         except (SegueError, aiohttp.ClientError):
             return False
         return True
+
+    async def similar(self, item_id: str, *, n: int = 10) -> Similar:
+        result: Similar = await self.request(
+            "GET", f"/v1/items/{quote(item_id, safe='')}/similar", params={"n": str(n)}
+        )
+        return result
+
+    async def item_rewards(self, item_id: str, *, as_of: datetime | None = None) -> ItemRewards:
+        params = {"as_of": as_of.isoformat()} if as_of is not None else None
+        result: ItemRewards = await self.request(
+            "GET", f"/v1/items/{quote(item_id, safe='')}/rewards", params=params
+        )
+        return result
+
+    async def status(self) -> Status:
+        """Projections, event count and index (admin scope)."""
+        result: Status = await self.request("GET", "/v1/admin/status")
+        return result
+
+    async def rebuild_index(self) -> IndexStatus:
+        """Start an index build now (admin scope); answered at once, 202."""
+        result: IndexStatus = await self.request("POST", "/v1/admin/index/rebuild")
+        return result
+
+    async def health(self) -> bool:
+        """Liveness: the process answers."""
+        try:
+            await self._attempt("GET", "/healthz", None, None, None)
+        except (SegueError, aiohttp.ClientError):
+            return False
+        return True
+
+    async def readiness(self) -> Ready:
+        """The readiness checks as the server gives them (503 included: not retried)."""
+        try:
+            result: Ready = await self._attempt("GET", "/readyz", None, None, None)
+        except SegueError as exc:
+            return {"status": "not ready", "checks": exc.problem.get("checks", {})}
+        return result
+
+    async def metrics(self) -> str:
+        """The Prometheus text of the process answering."""
+        text: str = await self.request("GET", "/metrics")
+        return text
 
     async def openapi(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", "/openapi.json")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,14 +67,14 @@ def catalogue(kinds: dict[str, int]) -> list[dict[str, Any]]:
     ]
 
 
-def slate_ids(answer: dict[str, Any]) -> list[str]:
+def slate_ids(answer: Mapping[str, Any]) -> list[str]:
     return [s["item_id"] for s in answer["items"]]
 
 
 POLICY = PolicyParams()
 
 
-def assert_exact_propensities(items: list[dict[str, Any]], eligible: int) -> None:
+def assert_exact_propensities(items: Sequence[Mapping[str, Any]], eligible: int) -> None:
     """Each propensity is one the policy's closed form allows for a pool of `eligible` items
     (domain/ranking.py): greedy or not, and in the explored tail or not."""
     head = max(0, len(items) - POLICY.tail)
@@ -640,7 +640,7 @@ async def test_concurrent_first_requests_of_one_listener_share_one_pseudonym(
         client.record_outcomes([outcome("brand-new", "track-0", "click")]) for _ in range(10)
     ]
     answers = await asyncio.gather(*recs, *batches)
-    assert all(a == {"accepted": 1, "duplicates": 0} for a in answers[10:])
+    assert all(dict(a) == {"accepted": 1, "duplicates": 0} for a in answers[10:])
     assert await db.fetchval("SELECT count(*) FROM listeners WHERE user_id = 'brand-new'") == 1
     pseudonym = await db.fetchval("SELECT pseudonym::text FROM listeners")
     assert {e.user for e in (await served_events(db)).values()} == {pseudonym}
@@ -680,3 +680,52 @@ async def test_the_body_limit_follows_the_setting(limited: Api) -> None:
         headers={"Content-Type": "application/json"},
     )
     expect_problem(big, 413, "body")
+
+
+async def test_the_client_covers_every_route_with_the_shapes_it_declares(
+    client: SegueClient,
+) -> None:
+    """Each typed answer of the client has exactly the keys the server sends (a TypedDict is a
+    plain dict at run time, so a drift would only show here)."""
+    from gateway import client as typed
+
+    def same_keys(answer: Mapping[str, Any], shape: type) -> None:
+        assert set(answer) == set(shape.__annotations__), (shape.__name__, set(answer))
+
+    [item] = await client.upsert_items(catalogue({"track": 1}))
+    same_keys(item, typed.Item)
+    same_keys(await client.get_item(item["item_id"]), typed.Item)
+    slate = await client.recommend("u1", n=1)
+    same_keys(slate, typed.Recommendation)
+    same_keys(slate["items"][0], typed.SlateItem)
+    same_keys(slate["policy"], typed.Policy)
+    same_keys(await client.blend(["u1", "u2"], n=1), typed.Recommendation)
+    same_keys(await client.discover("u1", n=1), typed.Recommendation)
+    same_keys(
+        await client.record_outcomes([outcome("u1", item["item_id"], "save")]), typed.Outcomes
+    )
+    rewards = await client.item_rewards(item["item_id"])
+    same_keys(rewards, typed.ItemRewards)
+    same_keys(rewards["reward"], typed.Reward)
+    same_keys(rewards["long_term"], typed.LongTerm)
+    status = await client.status()
+    same_keys(status, typed.Status)
+    same_keys(status["index"], typed.IndexStatus)
+    for projection in status["projections"]:
+        same_keys(projection, typed.ProjectionStatus)
+    same_keys(await client.rebuild_index(), typed.IndexStatus)
+    for _ in range(300):  # the rebuild asked for above, published and loaded
+        if (await client.status())["index"]["version"] is not None:
+            break
+        await asyncio.sleep(0.1)
+    same_keys(await client.similar(item["item_id"], n=3), typed.Similar)
+    with pytest.raises(SegueError) as caught:
+        await client.similar("ghost", n=3)
+    assert caught.value.status == 404
+    readiness = await client.readiness()
+    same_keys(readiness, typed.Ready)
+    assert readiness["status"] in ("ready", "degraded")
+    assert await client.health()
+    assert "segue_http_requests_total" in await client.metrics()
+    same_keys(await client.forget("u2"), typed.Forgotten)
+    same_keys(await client.retire_item(item["item_id"]), typed.Item)
