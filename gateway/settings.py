@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     pool_min_size: Annotated[int, Field(ge=1)] = 2
     pool_max_size: Annotated[int, Field(ge=1)] = 10
+    migrate_on_start: bool = Field(
+        default=True,
+        description="`segue serve` migrates the database first (one process at a time); false: "
+        "it refuses to start unless the schema is at head, for deployments that migrate in a "
+        "job of their own (`segue db upgrade`).",
+    )
     startup_wait_seconds: Annotated[float, Field(ge=0)] = Field(
         default=60.0,
         description="How long `segue serve` waits for an unreachable database at start-up, "

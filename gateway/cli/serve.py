@@ -39,6 +39,8 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         DatabaseUnreachable,
         LogFromTheFuture,
         check_log_order,
+        current_revision,
+        head_revision,
         migrate,
         wait_for_database,
     )
@@ -47,9 +49,24 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     setup_logging(settings)
     url = database_url(settings)
     try:
-        asyncio.run(
-            wait_for_database("migrating", lambda: migrate(url), settings.startup_wait_seconds)
-        )
+        if settings.migrate_on_start:
+            asyncio.run(
+                wait_for_database("migrating", lambda: migrate(url), settings.startup_wait_seconds)
+            )
+        else:
+            at = asyncio.run(
+                wait_for_database(
+                    "reading the schema's revision",
+                    lambda: current_revision(url),
+                    settings.startup_wait_seconds,
+                )
+            )
+            if at != head_revision():
+                raise click.ClickException(
+                    f"cannot start: the database is at revision {at or 'none'}, not "
+                    f"{head_revision()}, and SEGUE_MIGRATE_ON_START is false: run the migration "
+                    "job (`segue db upgrade`) first"
+                )
         asyncio.run(check_log_order(url))
     except (DatabaseUnreachable, LogFromTheFuture) as exc:
         raise click.ClickException(f"cannot start: {exc}") from None

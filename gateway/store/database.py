@@ -205,9 +205,23 @@ async def migrate(url: str, revision: str = "head", *, downgrade: bool = False) 
     )
     try:
         async with engine.begin() as connection:
+            # Several gateways starting together each migrate: one at a time, and the later
+            # ones find the schema at head and do nothing (held until this transaction ends).
+            await connection.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(hashtext('segue.migrations'))"
+            )
             await connection.run_sync(run)
     finally:
         await engine.dispose()
+
+
+def head_revision() -> str:
+    """The newest migration this code knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return str(head)
 
 
 async def current_revision(url: str) -> str | None:

@@ -3,6 +3,7 @@ gateway.store.tables; plain `alembic` and `segue db` both work against SEGUE_DAT
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.settings import sqlalchemy_url
-from gateway.store.database import alembic_config, current_revision, migrate
+from gateway.store.database import alembic_config, current_revision, head_revision, migrate
 from gateway.store.tables import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +97,13 @@ def test_plain_alembic_and_segue_db(empty_db_url: str) -> None:
     r = _run([*segue, "db", "upgrade"], empty_db_url)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"at revision {revisions_in_order()[-1]}"
+
+
+async def test_gateways_starting_together_migrate_one_at_a_time(empty_db_url: str) -> None:
+    """Every `segue serve` migrates before it starts; N pods starting together used to race
+    (and hang) on the same DDL. They now take turns, and the later ones find nothing to do."""
+    results = await asyncio.wait_for(
+        asyncio.gather(*(migrate(empty_db_url) for _ in range(4)), return_exceptions=True), 120
+    )
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert await current_revision(empty_db_url) == head_revision()
