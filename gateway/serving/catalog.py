@@ -114,7 +114,8 @@ class Catalog:
 
         every = max(self._ttl / 2, 0.05)
         self._watched = True
-        await run_every(every, once, "read catalogue changes", log, initial=0.5, maximum=5.0)
+        # While the database is away, retry no faster than every 2 s: requests need the pool more.
+        await run_every(every, once, "read catalogue changes", log, initial=2.0, maximum=10.0)
 
     async def count_live(self) -> int:
         return (await self.table()).live_count
