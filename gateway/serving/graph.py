@@ -65,7 +65,7 @@ def build_serving(
     follow(table, index, scores)
     pseudonyms = Pseudonyms(pool, ttl_seconds=params.pseudonym_cache_seconds)
     recommender = Recommender(
-        pool, store, catalog, pseudonyms, clock, index, scores, versions, params.policy
+        pool, store, catalog, pseudonyms, clock, index, versions, params.policy
     )
     return Serving(
         versions=versions,

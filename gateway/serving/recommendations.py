@@ -91,7 +91,6 @@ class Recommender:
         pseudonyms: Pseudonyms,
         clock: Callable[[], datetime],
         index: IndexHolder,
-        scores: ItemScores,
         versions: LiveVersions,
         params: PolicyParams | None = None,
     ) -> None:
@@ -101,7 +100,6 @@ class Recommender:
         self._pseudonyms = pseudonyms
         self._clock = clock
         self._index = index
-        self._scores = scores
         self._versions = versions
         self.params = params or PolicyParams()
 
