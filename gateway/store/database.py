@@ -141,6 +141,25 @@ def configured_url(*, sqlalchemy: bool = False, start_embedded: bool = True) -> 
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
+class BoundedPool(asyncpg.Pool):
+    """asyncpg's pool, with a bound on getting a connection when the caller gives none.
+
+    asyncpg waits without end for a free connection, and its `fetch`, `execute` and friends
+    never pass a bound: with the server stalled, every connection is held by a request waiting
+    out its statement or a reconnect, and the requests behind them queue one round after
+    another (a blend was answered after 10 s with statements bounded at 1 s). Here waiting for
+    a connection, and making one, shares the statement bound; the same bound then applies to
+    the reset on its release (asyncpg's default is none). So a request that meets a stalled
+    database answers 503 in a few statement bounds, however many are waiting."""
+
+    def __init__(self, *args: Any, acquire_timeout: float | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+
+
 async def create_pool(
     dsn: str, *, min_size: int = 2, max_size: int = 10, command_timeout: float | None = None
 ) -> asyncpg.Pool:
@@ -150,11 +169,19 @@ async def create_pool(
     Connecting gives up after a few seconds (asyncpg waits a minute by default), so that a
     request meeting an unreachable server, which the pool tries to reconnect to, answers 503
     in bounded time rather than hang. `command_timeout` bounds every statement (None: no bound,
-    for batch work such as `segue evaluate`); a statement may ask for more with `timeout=`."""
-    pool = await asyncpg.create_pool(
+    for batch work such as `segue evaluate`); a statement may ask for more with `timeout=`.
+    It bounds waiting for a connection too (`BoundedPool`)."""
+    pool = BoundedPool(
         dsn,
+        acquire_timeout=command_timeout,
+        # asyncpg.create_pool's defaults, which its constructor does not supply.
         min_size=min_size,
         max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         timeout=CONNECT_TIMEOUT_SECONDS,
         command_timeout=command_timeout,
         server_settings={
@@ -166,7 +193,7 @@ async def create_pool(
             "jit": "off",
         },
     )
-    assert pool is not None
+    await pool
     return pool
 
 
