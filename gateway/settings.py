@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     )
     catalog_cache_seconds: Annotated[float, Field(ge=0)] = 1.0
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="json: one JSON object per line, with the request id (for a log pipeline); "
+        "text: plain lines for a terminal",
+    )
+    metrics_port: Annotated[int | None, Field(ge=0, le=65535)] = Field(
+        default=None,
+        description="Serve /metrics on this port only (not on the API port), for a scraper "
+        "inside the cluster; unset: /metrics is on the API port",
+    )
     run_projectors: bool = Field(
         default=True,
         description="Run the projectors inside `segue serve` (single-node mode); turn off when "

@@ -38,10 +38,10 @@ async def _run_async_migrations(url: str) -> None:
 
 
 def run_migrations_offline() -> None:
-    from gateway.store.database import configured_url
-
+    # `segue db upgrade --sql`: the SQL is written for review without a server, so only the
+    # dialect is needed, not a URL.
     context.configure(
-        url=configured_url(sqlalchemy=True, start_embedded=False),
+        dialect_name="postgresql",
         target_metadata=target_metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},

@@ -36,11 +36,35 @@ def _migration_errors() -> Iterator[None]:
 
 @db.command("upgrade")
 @click.argument("revision", default="head")
-def db_upgrade(revision: str) -> None:
+@click.option(
+    "--sql",
+    "sql",
+    is_flag=True,
+    help="Print the SQL the upgrade would run, for review, and change nothing.",
+)
+@click.option(
+    "--from",
+    "start",
+    default=None,
+    help="With --sql: the revision to start from ('base' for an empty database); default: the "
+    "database's own.",
+)
+def db_upgrade(revision: str, sql: bool, start: str | None) -> None:
     """Migrate forward to REVISION (default: head)."""
-    from gateway.store.database import current_revision, migrate
+    from gateway.store.database import current_revision, head_revision, migrate, migration_sql
 
+    if start is not None and not sql:
+        raise click.UsageError("--from goes with --sql")
     url = database_url(load_settings())
+    if sql:
+        if start is None:
+            start = asyncio.run(current_revision(url)) or "base"
+        if start == (head_revision() if revision == "head" else revision):
+            click.echo(f"-- the database is at {start} already: nothing to run", err=True)
+            return
+        with _migration_errors():
+            click.echo(migration_sql(start, revision), nl=False)
+        return
     with _migration_errors():
         asyncio.run(migrate(url, revision))
     click.echo(f"at revision {asyncio.run(current_revision(url))}")

@@ -33,7 +33,13 @@ def _run_worker(settings: Settings, url: str, host: str, port: int, reuse_port: 
 @click.option(
     "--workers", type=click.IntRange(1, 64), default=1, help="Gateway processes sharing the port."
 )
-def serve(host: str | None, port: int | None, workers: int) -> None:
+@click.option(
+    "--no-migrate",
+    is_flag=True,
+    help="Do not migrate: refuse to start unless the schema is at head (as "
+    "SEGUE_MIGRATE_ON_START=false), for deployments with a migration job.",
+)
+def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) -> None:
     """Run the gateway (migrating the database first, once it can be reached)."""
     from gateway.store.database import (
         DatabaseUnreachable,
@@ -49,7 +55,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     setup_logging(settings)
     url = database_url(settings)
     try:
-        if settings.migrate_on_start:
+        if settings.migrate_on_start and not no_migrate:
             asyncio.run(
                 wait_for_database("migrating", lambda: migrate(url), settings.startup_wait_seconds)
             )
@@ -64,8 +70,9 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
             if at != head_revision():
                 raise click.ClickException(
                     f"cannot start: the database is at revision {at or 'none'}, not "
-                    f"{head_revision()}, and SEGUE_MIGRATE_ON_START is false: run the migration "
-                    "job (`segue db upgrade`) first"
+                    f"{head_revision()}, and migrations are left to a job (--no-migrate or "
+                    "SEGUE_MIGRATE_ON_START=false): run it (`segue db upgrade`) "
+                    "first"
                 )
         asyncio.run(check_log_order(url))
     except (DatabaseUnreachable, LogFromTheFuture) as exc:

@@ -242,6 +242,20 @@ async def migrate(url: str, revision: str = "head", *, downgrade: bool = False) 
         await engine.dispose()
 
 
+def migration_sql(start: str, end: str) -> str:
+    """The SQL that upgrading from revision `start` to `end` runs, as Alembic's offline mode
+    writes it (nothing is connected to or changed)."""
+    import io
+
+    from alembic import command
+
+    out = io.StringIO()
+    cfg = alembic_config()
+    cfg.output_buffer = out
+    command.upgrade(cfg, f"{start}:{end}", sql=True)
+    return out.getvalue()
+
+
 def head_revision() -> str:
     """The newest migration this code knows."""
     from alembic.script import ScriptDirectory

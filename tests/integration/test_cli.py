@@ -332,20 +332,21 @@ def test_running_the_demo_again_reuses_its_data_and_its_key(
     assert sum(" demo " in line for line in listed.splitlines()) == 1
 
 
+@pytest.mark.parametrize("how", ["setting", "flag"])
 def test_serve_without_migrating_refuses_a_schema_behind_head(
-    empty_db_url: str, tmp_path: Path
+    empty_db_url: str, tmp_path: Path, how: str
 ) -> None:
-    """With SEGUE_MIGRATE_ON_START=false (a migration job runs `segue db upgrade`), a gateway
-    never touches the schema, and refuses one that is not at head."""
-    env = {
-        **os.environ,
-        "SEGUE_DATABASE_URL": empty_db_url,
-        "SEGUE_DATA_DIR": str(tmp_path),
-        "SEGUE_MIGRATE_ON_START": "false",
-    }
-    result = run(["serve", "--port", "0"], env)
+    """With SEGUE_MIGRATE_ON_START=false or `serve --no-migrate` (a migration job runs `segue db
+    upgrade`), a gateway never touches the schema, and refuses one that is not at head."""
+    env = {**os.environ, "SEGUE_DATABASE_URL": empty_db_url, "SEGUE_DATA_DIR": str(tmp_path)}
+    args = ["serve", "--port", "0"]
+    if how == "setting":
+        env["SEGUE_MIGRATE_ON_START"] = "false"
+    else:
+        args.append("--no-migrate")
+    result = run(args, env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "the database is at revision none" in result.stderr
-    assert "run the migration job (`segue db upgrade`) first" in result.stderr
+    assert "run it (`segue db upgrade`) first" in result.stderr
     assert run(["db", "current"], env).stdout.strip() == "none (not migrated)"  # untouched

@@ -107,3 +107,58 @@ async def test_gateways_starting_together_migrate_one_at_a_time(empty_db_url: st
     )
     assert [r for r in results if isinstance(r, BaseException)] == []
     assert await current_revision(empty_db_url) == head_revision()
+
+
+async def schema_of(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """What a migration leaves in the public schema, as the catalogue lists it."""
+    queries = {
+        "columns": "SELECT table_name, column_name, data_type, column_default, is_nullable "
+        "FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2",
+        "indexes": "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+        "ORDER BY 1",
+        "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+        "FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+        "views": "SELECT viewname, definition FROM pg_views WHERE schemaname = 'public' ORDER BY 1",
+        "functions": "SELECT proname, pg_get_functiondef(oid) FROM pg_proc "
+        "WHERE pronamespace = 'public'::regnamespace ORDER BY 1",
+        "triggers": "SELECT tgrelid::regclass::text, tgname FROM pg_trigger "
+        "WHERE NOT tgisinternal ORDER BY 1, 2",
+        "revision": "SELECT version_num FROM alembic_version",
+    }
+    conn = await asyncpg.connect(url)
+    try:
+        return {k: [tuple(r) for r in await conn.fetch(q)] for k, q in queries.items()}
+    finally:
+        await conn.close()
+
+
+def upgrade_sql(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "db", "upgrade", "--sql"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+async def test_upgrade_sql_builds_the_same_schema_as_upgrading(
+    empty_db_url: str, db_url: str
+) -> None:
+    """`segue db upgrade --sql` prints SQL that, run by hand (psql would do the same), leaves
+    exactly the schema an online upgrade leaves; and it changes nothing by itself."""
+    env = {**os.environ, "SEGUE_DATABASE_URL": empty_db_url}
+    printed = await asyncio.to_thread(upgrade_sql, env)
+    assert "CREATE TABLE events" in printed.stdout
+    assert await current_revision(empty_db_url) is None, "--sql must not migrate"
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        await conn.execute(printed.stdout)
+    finally:
+        await conn.close()
+    assert await schema_of(empty_db_url) == await schema_of(db_url)
+    # At head, there is nothing to print.
+    again = await asyncio.to_thread(upgrade_sql, env)
+    assert again.stdout == ""
+    assert "nothing to run" in again.stderr
