@@ -28,7 +28,7 @@ import hashlib
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import overload
+from typing import Literal, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -302,13 +302,25 @@ def draw_slate(
     return draw(pool_of(candidates), n, p, rng)
 
 
+# Which variant `explore` served: the greedy slate, a uniformly drawn one (epsilon), or the
+# greedy head with a drawn tail (tail_epsilon). Counted per surface in the metrics.
+Branch = Literal["greedy", "uniform", "tail"]
+
+
 def draw(pool: Pool, n: int, p: PolicyParams, rng: random.Random) -> tuple[SlateEntry, ...]:
     """`draw_slate` on a pool of distinct candidates."""
+    return draw_with_branch(pool, n, p, rng)[0]
+
+
+def draw_with_branch(
+    pool: Pool, n: int, p: PolicyParams, rng: random.Random
+) -> tuple[tuple[SlateEntry, ...], Branch]:
+    """`draw`, and which variant of the slate it served."""
     if n < 1:
         raise ValueError("n must be at least 1")
     if not len(pool):
-        return ()
-    return explore_rows(greedy_rows(pool, n, p), pool, p, rng)
+        return (), "greedy"
+    return explore_rows_with_branch(greedy_rows(pool, n, p), pool, p, rng)
 
 
 def explore(
@@ -325,6 +337,13 @@ def explore_rows(
     top: Sequence[int], pool: Pool, p: PolicyParams, rng: random.Random
 ) -> tuple[SlateEntry, ...]:
     """`explore` with the greedy slate given as rows of `pool`."""
+    return explore_rows_with_branch(top, pool, p, rng)[0]
+
+
+def explore_rows_with_branch(
+    top: Sequence[int], pool: Pool, p: PolicyParams, rng: random.Random
+) -> tuple[tuple[SlateEntry, ...], Branch]:
+    """`explore_rows`, and which variant it served."""
     scores = pool.scores(p)
     size = len(pool)
     m = len(top)
@@ -332,14 +351,18 @@ def explore_rows(
     # Draw the branch first, always, so the generator's use does not depend on the branch taken.
     # `rng.sample` picks by position only, so sampling rows picks what sampling items would.
     u = rng.random()
+    branch: Branch
     if u < p.epsilon:
+        branch = "uniform"
         order = rng.sample(range(size), m)
     elif u < p.epsilon + p.tail_epsilon:
+        branch = "tail"
         kept = np.zeros(size, dtype=bool)
         kept[list(top[:head])] = True
         rest = np.flatnonzero(~kept)
         order = list(top[:head]) + rest[rng.sample(range(len(rest)), m - head)].tolist()
     else:
+        branch = "greedy"
         order = list(top)
     greedy_at = list(top)
     in_head = set(top[:head])
@@ -358,7 +381,7 @@ def explore_rows(
                 propensity=p.epsilon / size + p.tail_epsilon * tail_part + exploit * greedy_here,
             )
         )
-    return tuple(entries)
+    return tuple(entries), branch
 
 
 def propensity(item: str, k: int, greedy_ids: Sequence[str], size: int, p: PolicyParams) -> float:
@@ -384,14 +407,22 @@ def draw_blend_pools(
     members: Sequence[Pool], n: int, p: PolicyParams, rng: random.Random
 ) -> tuple[SlateEntry, ...]:
     """`draw_blend` on one pool of distinct candidates per member."""
+    return draw_blend_with_branch(members, n, p, rng)[0]
+
+
+def draw_blend_with_branch(
+    members: Sequence[Pool], n: int, p: PolicyParams, rng: random.Random
+) -> tuple[tuple[SlateEntry, ...], Branch]:
+    """`draw_blend_pools`, and which variant of the slate it served."""
     if n < 1:
         raise ValueError("n must be at least 1")
     pool = union(members)
     if not len(pool):
-        return ()
+        return (), "greedy"
     row = {item: k for k, item in enumerate(pool.item_ids)}
     chosen = blend_rows(members, n, p)
-    return explore_rows([row[members[j].item_ids[r]] for j, r in chosen], pool, p, rng)
+    top = [row[members[j].item_ids[r]] for j, r in chosen]
+    return explore_rows_with_branch(top, pool, p, rng)
 
 
 def blend_rows(members: Sequence[Pool], n: int, p: PolicyParams) -> list[tuple[int, int]]:

@@ -83,10 +83,10 @@ class Settings(BaseSettings):
     )
     catalog_cache_seconds: Annotated[float, Field(ge=0)] = 1.0
     log_level: str = "INFO"
-    log_format: Literal["json", "text"] = Field(
-        default="json",
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto",
         description="json: one JSON object per line, with the request id (for a log pipeline); "
-        "text: plain lines for a terminal",
+        "text: plain lines; auto: text when stderr is a terminal, json otherwise",
     )
     metrics_port: Annotated[int | None, Field(ge=0, le=65535)] = Field(
         default=None,

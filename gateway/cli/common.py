@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import click
 from pydantic import ValidationError
 
@@ -35,11 +32,6 @@ def database_url(config: Settings) -> str:
 
 
 def setup_logging(config: Settings) -> None:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Their INFO lines (initdb output, Alembic plugin set-up) drown the gateway's own.
-    for chatty in ("pgserver", "alembic"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    from gateway.logs import setup_logging as configure
+
+    configure(config.log_level, config.log_format)

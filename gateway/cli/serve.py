@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import tempfile
 
 import click
 from aiohttp import web
@@ -79,10 +81,20 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         raise click.ClickException(f"cannot start: {exc}") from None
     host = host or settings.host
     port = port if port is not None else settings.port
+    # The app reads them too (the metrics port binds the same interface).
+    settings = settings.model_copy(update={"host": host, "port": port})
     if workers == 1:
         _run_worker(settings, url, host, port, reuse_port=False)
         return
     from gateway.cli.supervisor import supervise
+    from gateway.metrics import MULTIPROC_ENV, worker_exited
 
     click.echo(f"======== {workers} workers on http://{host}:{port} ========")
-    sys.exit(supervise(_run_worker, (settings, url, host, port, True), workers))
+    # One scrape must see every worker: they write their samples to one directory of the
+    # parent's (prometheus_client's multiprocess mode), gone when the parent stops.
+    with tempfile.TemporaryDirectory(prefix="segue-metrics-") as shared:
+        os.environ[MULTIPROC_ENV] = shared
+        code = supervise(
+            _run_worker, (settings, url, host, port, True), workers, on_exit=worker_exited
+        )
+    sys.exit(code)

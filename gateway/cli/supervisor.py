@@ -16,6 +16,7 @@ import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
 import time
@@ -32,22 +33,36 @@ RESPAWN_SECONDS = 1.0  # a worker that keeps dying at start must not spin the pa
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """Ask the kernel for SIGTERM when the parent process dies (Linux only; elsewhere a no-op)."""
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent process dies (Linux only; elsewhere a no-op).
+
+    The request only covers a death after it is made: a parent killed while this worker was
+    still starting (importing takes seconds on a busy host) would leave it an orphan serving the
+    port for good, so a worker whose parent is already gone exits at once."""
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        log.error("the supervising process %d is gone; this worker stops", parent)
+        raise SystemExit(1)
 
 
-def _worker(target: Callable[..., None], args: tuple[Any, ...]) -> None:
-    die_with_parent()
+def _worker(target: Callable[..., None], args: tuple[Any, ...], parent: int) -> None:
+    die_with_parent(parent)
     target(*args)
 
 
-def supervise(target: Callable[..., None], args: tuple[Any, ...], workers: int) -> int:
-    """Run `target(*args)` in `workers` processes until SIGTERM or SIGINT; returns the exit code."""
+def supervise(
+    target: Callable[..., None],
+    args: tuple[Any, ...],
+    workers: int,
+    *,
+    on_exit: Callable[[int], None] | None = None,
+) -> int:
+    """Run `target(*args)` in `workers` processes until SIGTERM or SIGINT; returns the exit code.
+    `on_exit(pid)` is told of each worker that died and was replaced."""
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -58,7 +73,7 @@ def supervise(target: Callable[..., None], args: tuple[Any, ...], workers: int) 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def start() -> BaseProcess:
-        p = ctx.Process(target=_worker, args=(target, args), daemon=False)
+        p = ctx.Process(target=_worker, args=(target, args, os.getpid()), daemon=False)
         p.start()
         return p
 
@@ -74,6 +89,8 @@ def supervise(target: Callable[..., None], args: tuple[Any, ...], workers: int) 
                 if wait > 0:
                     time.sleep(wait)
                 log.error("worker %s exited with %s; starting another", p.pid, p.exitcode)
+                if on_exit is not None and p.pid is not None:
+                    on_exit(p.pid)
                 procs[i] = start()
                 last_respawn = time.monotonic()
     finally:

@@ -7,6 +7,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
+from gateway.http.middleware import REQUEST_ID_KEY
+
 
 def route_of(request: BaseRequest) -> str:
     """The matched route's template (`/v1/users/{user_id}/forget`), or `unmatched`."""
@@ -26,8 +28,20 @@ class RouteAccessLogger(AbstractAccessLogger):
     """`METHOD route status seconds` per request; no path, query, peer address or headers."""
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        route = route_of(request)
         self.logger.info(
-            "%s %s %d %.4f s", request.method, route_of(request), response.status, time
+            "%s %s %d %.4f s",
+            request.method,
+            route,
+            response.status,
+            time,
+            extra={
+                "request_id": request.get(REQUEST_ID_KEY),
+                "method": request.method,
+                "route": route,
+                "status": response.status,
+                "seconds": round(time, 6),
+            },
         )
 
     @property

@@ -13,7 +13,7 @@ import asyncpg
 from aiohttp import web
 
 from domain.embeddings import AlsParams
-from gateway.http import redaction
+from gateway.http import handlers, redaction
 from gateway.http.appkeys import (
     CATALOG,
     CLOCK,
@@ -36,15 +36,15 @@ from gateway.http.appkeys import (
     VERSIONS,
 )
 from gateway.http.auth import KeyVerifier
-from gateway.http.middleware import metrics_middleware
+from gateway.http.middleware import metrics_middleware, request_id_middleware
 from gateway.http.openapi import build_spec
 from gateway.http.problems import UNAVAILABLE, problem_middleware
 from gateway.http.ratelimit import RateLimiter, SharedSpend
-from gateway.http.routes import ENDPOINTS, setup_routes
+from gateway.http.routes import served_endpoints, setup_routes
 from gateway.index.build import IndexParams
 from gateway.index.holder import IndexHolder
 from gateway.index.service import IndexService
-from gateway.metrics import FLUSHES
+from gateway.metrics import FLUSHES, POOL_CONNECTIONS
 from gateway.projections.catalog import CatalogProjection
 from gateway.projections.rewards import RewardsReader
 from gateway.projections.runner import Runner, all_projections, publish_lag
@@ -159,6 +159,37 @@ async def _edge(app: web.Application) -> AsyncIterator[None]:
             await shared.close()
 
 
+async def _observability(app: web.Application) -> AsyncIterator[None]:
+    """The pool's gauges, kept current; and /metrics on a port of its own when one is set."""
+    settings, pool = app[SETTINGS], app[POOL]
+    gauges = asyncio.create_task(_watch_pool(pool), name="pool-gauges")
+    runner: web.AppRunner | None = None
+    if settings.metrics_port is not None:
+        scrapes = web.Application()
+        scrapes.router.add_get("/metrics", handlers.metrics)
+        runner = web.AppRunner(scrapes, access_log=None)
+        await runner.setup()
+        # Shared by every worker of `--workers`, as the API port is: any of them answers a
+        # scrape with all of their samples (multiprocess mode).
+        await web.TCPSite(runner, settings.host, settings.metrics_port, reuse_port=True).start()
+        log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+    yield
+    gauges.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gauges
+    if runner is not None:
+        await runner.cleanup()
+
+
+async def _watch_pool(pool: asyncpg.Pool, every: float = 1.0) -> None:
+    while True:
+        size, idle = pool.get_size(), pool.get_idle_size()
+        POOL_CONNECTIONS.labels("in_use").set(size - idle)
+        POOL_CONNECTIONS.labels("idle").set(idle)
+        POOL_CONNECTIONS.labels("max").set(pool.get_max_size())
+        await asyncio.sleep(every)
+
+
 async def _projectors(app: web.Application) -> AsyncIterator[None]:
     """Single-node mode: the projectors run in the gateway process."""
     settings = app[SETTINGS]
@@ -224,12 +255,14 @@ def create_app(
     redaction.install()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[metrics_middleware, problem_middleware],
+        middlewares=[request_id_middleware, metrics_middleware, problem_middleware],
     )
     app[SETTINGS] = settings
     app[DSN] = dsn
     app[CLOCK] = clock
-    app[OPENAPI] = build_spec(ENDPOINTS)
-    app.cleanup_ctx.extend([_database, _event_store, _indexes, _services, _edge, _projectors])
+    app[OPENAPI] = build_spec(served_endpoints(settings))
+    app.cleanup_ctx.extend(
+        [_database, _event_store, _indexes, _services, _edge, _observability, _projectors]
+    )
     setup_routes(app)
     return app

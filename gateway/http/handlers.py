@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import orjson
-import prometheus_client
 from aiohttp import web
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
@@ -51,6 +50,7 @@ from gateway.http.schemas import (
     StatusOut,
     SurfaceRewardsOut,
 )
+from gateway.metrics import scrape
 from gateway.projections.rewards import SurfaceRewards
 from gateway.projections.runner import failed as failed_projections
 from gateway.projections.runner import publish_lag
@@ -393,10 +393,8 @@ async def docs(request: web.Request) -> web.StreamResponse:
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    return web.Response(
-        body=prometheus_client.generate_latest(),
-        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
-    )
+    body, content_type = scrape()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 _AS_OF: TypeAdapter[datetime] = TypeAdapter(Rfc3339)

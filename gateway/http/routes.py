@@ -8,12 +8,13 @@ from aiohttp import web
 
 from gateway.http import handlers
 from gateway.http import schemas as responses
-from gateway.http.appkeys import KEYS, LIMITER
+from gateway.http.appkeys import KEYS, LIMITER, SETTINGS
 from gateway.http.auth import CURRENT_KEY, Scope
 from gateway.http.endpoint import Endpoint, Handler, QueryParam
 from gateway.http.problems import ProblemError
 from gateway.http.ratelimit import retry_after
 from gateway.serving import requests as schemas
+from gateway.settings import Settings
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -244,8 +245,15 @@ def router_path(path: str) -> str:
     return re.sub(r"{(\w+)}", r"{\1:[^/]+}", path)
 
 
+def served_endpoints(settings: Settings) -> tuple[Endpoint, ...]:
+    """The routes of the API port: all, but /metrics when it has a port of its own."""
+    if settings.metrics_port is None:
+        return ENDPOINTS
+    return tuple(ep for ep in ENDPOINTS if ep.path != "/metrics")
+
+
 def setup_routes(app: web.Application) -> None:
-    for ep in ENDPOINTS:
+    for ep in served_endpoints(app[SETTINGS]):
         query = frozenset(q.name for q in ep.query)
         handler = ep.handler if ep.scope is None else _guarded(ep.handler, ep.scope, query)
         app.router.add_route(ep.method, router_path(ep.path), handler)

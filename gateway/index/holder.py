@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,14 @@ from numpy.typing import NDArray
 
 from gateway.index.build import exact_nearest
 from gateway.index.files import MANIFEST, MAPPED, check, files_of, hash_file, read_checked
-from gateway.metrics import INDEX_DAMAGED, INDEX_LOAD_FAILURES, INDEX_LOADED
+from gateway.metrics import (
+    INDEX_BUILT,
+    INDEX_DAMAGED,
+    INDEX_INFO,
+    INDEX_LOAD_FAILURES,
+    INDEX_LOADED,
+    INDEX_RECALL,
+)
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +260,7 @@ class IndexHolder:
         self._seen: tuple[Any, ...] | None = None
         # Called with each version swapped in (the serving table maps its rows to it).
         self.on_load: list[Callable[[LoadedIndex], None]] = []
+        self._in_gauges: str | None = None  # the version segue_index_info shows as 1
 
     def _published(self) -> tuple[dict[str, Any], tuple[Any, ...]]:
         """The manifest, and a cheap fingerprint of it and of its version's files."""
@@ -305,6 +314,20 @@ class IndexHolder:
         self.error = None
         INDEX_DAMAGED.set(0)
         INDEX_LOADED.set(1 if self.current is not None else 0)
+        if self.current is not None:
+            self._publish(self.current.manifest)
+
+    def _publish(self, manifest: dict[str, Any]) -> None:
+        """The served index's version, build time and measured recall, for the dashboards."""
+        version = str(manifest["version"])
+        if self._in_gauges is not None and self._in_gauges != version:
+            INDEX_INFO.labels(self._in_gauges).set(0)
+        self._in_gauges = version
+        INDEX_INFO.labels(version).set(1)
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            INDEX_BUILT.set(datetime.fromisoformat(manifest["built_at"]).timestamp())
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            INDEX_RECALL.set(float(manifest["recall_at_10"]))
 
     def _failed(self, error: str) -> None:
         serving = (

@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 
 from domain.events import OutcomeRecorded, RecommendationServed, to_payload
+from gateway.metrics import OUTCOMES
 from gateway.serving.errors import (
     EventIdReused,
     InvalidValue,
@@ -115,6 +116,9 @@ class OutcomeRecorder:
             )
         result = await self._store.append(events)
         await self._check_duplicates(events, result)
+        for o, r in zip(outcomes, result.recorded, strict=True):
+            if not r.duplicate:
+                OUTCOMES.labels(o.kind.value).inc()
         return result
 
     # What makes an outcome the same outcome: a retry carries all of it unchanged. (`occurred_at`

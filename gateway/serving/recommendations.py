@@ -24,9 +24,18 @@ from numpy.typing import NDArray
 from domain.embeddings import fold_in
 from domain.events import RecommendationServed, SlateEntry, to_payload
 from domain.policy import seed_from
-from domain.ranking import EMPTY, Candidate, PolicyParams, Pool, RowIds, draw, draw_blend_pools
+from domain.ranking import (
+    EMPTY,
+    Candidate,
+    PolicyParams,
+    Pool,
+    RowIds,
+    draw_blend_with_branch,
+    draw_with_branch,
+)
 from domain.upcasting import decode
 from gateway.index.holder import IndexHolder, LoadedIndex
+from gateway.metrics import SLATES
 from gateway.projections.definitions import q
 from gateway.projections.rewards import LiveVersions
 from gateway.serving.catalog import Catalog
@@ -39,6 +48,8 @@ from gateway.store.api import NO_STREAM, EventStore, NewEvent, WrongExpectedVers
 
 NO_INDEX = "none"
 DISCOVER = "discover"
+# The metrics' surface for group slates (a blend is logged under the surface it was asked for).
+BLEND = "blend"
 DISCOVER_NAMESPACE = uuid.UUID("9a6c2f5e-3b1d-4c8e-a0f7-6d2b9e4c1a35")
 IDEMPOTENCY_NAMESPACE = uuid.UUID("3f0c8b2a-7d4e-4b19-9c61-2e5a8f7d0b43")
 INDEX_CANDIDATES = 200  # searched for a listener the index has not seen
@@ -238,7 +249,8 @@ class Recommender:
         candidates = await self._gather(
             user, req.surface, req.kinds, req.exclude, req.candidates, rng, replays=replays
         )
-        slate = draw(candidates, req.n, self.params, rng) if len(candidates) else ()
+        slate, branch = draw_with_branch(candidates, req.n, self.params, rng)
+        SLATES.labels(req.surface.value, branch).inc()
         return await self._log_once(
             rid,
             same,
@@ -281,7 +293,8 @@ class Recommender:
             await self._gather(m, req.surface, req.kinds, req.exclude, None, rng, replays=replays)
             for m in members
         ]
-        slate = draw_blend_pools(lists, req.n, self.params, rng) if any(map(len, lists)) else ()
+        slate, branch = draw_blend_with_branch(lists, req.n, self.params, rng)
+        SLATES.labels(BLEND, branch).inc()
         return await self._log_once(
             rid,
             same,
@@ -336,7 +349,8 @@ class Recommender:
             return logged
         rng = seed_from(recommendation_id.int)
         candidates = await self._gather(user, Surface.HOME, [], [], None, rng, replays=False)
-        slate = draw(candidates, n, self.params, rng) if len(candidates) else ()
+        slate, branch = draw_with_branch(candidates, n, self.params, rng)
+        SLATES.labels(DISCOVER, branch).inc()
         try:
             return await self._log(recommendation_id, user, DISCOVER, slate, n=n)
         except WrongExpectedVersion:

@@ -4,10 +4,12 @@ implement (PostgreSQL in production, in-memory beside it in the contract suite).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
+
+from gateway.tracing import stamped
 
 # Expected stream versions: an int is "the stream is exactly at this version" (0: does not exist
 # yet); a stream absent from the mapping accepts any version.
@@ -33,6 +35,13 @@ class NewEvent:
     schema_version: int
     payload: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def with_request_id(event: NewEvent) -> NewEvent:
+    """`event` with the id of the request appending it in its metadata, if there is one: an
+    analyst joins an event to the request's log lines on it."""
+    metadata = stamped(event.metadata)
+    return event if metadata is event.metadata else replace(event, metadata=metadata)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from gateway.store.api import (
     Recorded,
     StoredEvent,
     WrongExpectedVersion,
+    with_request_id,
 )
 
 
@@ -33,6 +34,7 @@ class InMemoryEventStore:
     async def append(
         self, events: Sequence[NewEvent], expected: Mapping[str, int] | None = None
     ) -> AppendResult:
+        events = [with_request_id(e) for e in events]
         async with self._lock:
             fresh_ids = [e.event_id for e in events if e.event_id not in self._ids]
             for stream, exp in (expected or {}).items():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +29,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from gateway.metrics import APPENDED
+from gateway.metrics import APPEND_BATCH, APPEND_COMMIT, APPENDED
 from gateway.store import reads
 from gateway.store.api import (
     AppendResult,
@@ -38,6 +39,7 @@ from gateway.store.api import (
     StoredEvent,
     StoreUnavailable,
     WrongExpectedVersion,
+    with_request_id,
 )
 from gateway.store.database import UNAVAILABLE_ERRORS
 
@@ -321,6 +323,8 @@ class PostgresEventStore:
         if not self._flushers:
             raise RuntimeError("PostgresEventStore.start() was not called")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        # Stamped here, in the caller's context: the flusher that writes it is another task.
+        events = [with_request_id(e) for e in events]
         self._queue.put_nowait(_Pending(events, expected, future))
         # No shield needed: the future is this caller's alone, and cancelling it only makes the
         # flusher skip resolving it. The write goes ahead either way, as it must for the others
@@ -386,6 +390,7 @@ class PostgresEventStore:
         # the assumption that its ids are new, and the database says if they are not.
         assume_new = not any(p.expected for p in batch)
         attempt = 0
+        started = time.perf_counter()
         while True:
             attempt += 1
             try:
@@ -419,6 +424,8 @@ class PostgresEventStore:
                 await self._give_back(lane)
                 return
             self.flushes += 1
+            APPEND_COMMIT.observe(time.perf_counter() - started)
+            APPEND_BATCH.observe(sum(len(p.events) for p in batch))
             APPENDED.inc(sum(r.accepted for r in results if isinstance(r, AppendResult)))
             for p, result in zip(batch, results, strict=True):
                 if p.future.done():

@@ -8,6 +8,7 @@ with a one-line message and a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -45,9 +46,13 @@ async def test_serve_waits_for_the_database_then_gives_up_at_the_limit(tmp_path:
             spawned = time.monotonic()
             await asyncio.sleep(DOWN_SECONDS)
             assert gateway.alive(), f"gave up while waiting: {gateway.log()}"
-            waits = [line for line in gateway.log().splitlines() if "unreachable" in line]
+            # The log is JSON lines (stderr is not a terminal): one object per wait.
+            lines = [json.loads(x) for x in gateway.log().splitlines() if x.startswith("{")]
+            waits = [x for x in lines if "unreachable" in x["message"]]
             assert len(waits) >= 3, gateway.log()
-            assert all(" WARNING " in w and "retrying in" in w for w in waits), waits
+            assert all(w["level"] == "WARNING" and "retrying in" in w["message"] for w in waits), (
+                waits
+            )
             await asyncio.to_thread(cluster.start)
             back = time.monotonic()
             await wait_until(gateway._healthy, "the gateway to come up", 30, 0.1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -118,3 +119,31 @@ async def test_workers_are_replaced_and_stopped_with_the_parent(
             parent.kill()
             await parent.wait()
             await _wait(lambda: not any(_alive(w) for w in workers), "orphaned workers to exit")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal")
+def test_a_worker_whose_parent_died_before_it_started_stops() -> None:
+    """The parent-death signal covers only deaths after it is asked for: a worker whose parent
+    was killed while it was still importing must find out by itself, not serve on as an orphan."""
+    code = "from gateway.cli.supervisor import die_with_parent; die_with_parent({}); print('on')"
+    gone = subprocess.run(
+        [sys.executable, "-c", code.format(2**22 + 1)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert gone.returncode == 1, gone
+    assert "on" not in gone.stdout
+    assert "is gone; this worker stops" in gone.stderr
+    alive = subprocess.run(
+        [sys.executable, "-c", code.format(os.getpid())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert alive.returncode == 0, alive
+    assert alive.stdout.strip() == "on"
