@@ -58,7 +58,7 @@ def report(
     from domain.ope import OpeConfig
     from gateway.analysis.evaluation import Request, evaluate_log
     from gateway.analysis.evaluation_log import EvaluationError, Filters
-    from gateway.analysis.report import EstimateRow, gather, render
+    from gateway.analysis.report import EstimateRow, estimate_rows, gather, render
 
     for target in targets:
         if target not in ("uniform", "current") and not Path(target).is_file():
@@ -77,7 +77,7 @@ def report(
             await conn.close()
         chosen = reward or data.reward_definition or "stream_30s"
         rows: list[EstimateRow] = []
-        logged = None
+        logged: EstimateRow | None = None
         for target in targets:
             click.echo(f"estimating {target} ...", err=True)
             request = Request(target, chosen, Filters(None, since, until), settings.policy)
@@ -86,13 +86,12 @@ def report(
             except EvaluationError as exc:
                 data.notes.append(f"{target}: not evaluated: {exc}")
                 continue
-            logged = result.logged
-            for name, e in result.estimates.items():
-                if e.estimate is not None and e.ci is not None:
-                    rows.append(EstimateRow(result.target, name, e.estimate, *e.ci))
-        if logged is not None and logged.estimate is not None and logged.ci is not None:
-            rows.insert(0, EstimateRow("logged", "on-policy", logged.estimate, *logged.ci))
+            estimated, logged = estimate_rows(result)
+            rows += estimated
+        if logged is not None:
+            rows.insert(0, logged)
         data.estimates = rows
+        data.ope_config = config
         data.estimates_about = (
             f"Reward {chosen}, per served position, {100 * (1 - config.alpha):g}% bootstrap "
             f"intervals over {bootstrap} resamples of whole slates; the dashed line and band "

@@ -123,22 +123,40 @@ async def counts_by_type(
     return {r[0]: int(r[1]) for r in rows}
 
 
-async def daily_field_counts(
-    conn: Executor, event_type: str, field: str, since: datetime | None, until: datetime | None
-) -> list[tuple[datetime, str, int]]:
-    """(UTC day recorded, payload[field], events) of `event_type`, by day and value."""
-    rows = await conn.fetch(
-        "SELECT date_trunc('day', recorded_at, 'UTC') AS day, payload->>$4 AS value, "
-        "count(*) AS n FROM events WHERE event_type = $1 "
-        "AND ($2::timestamptz IS NULL OR recorded_at >= $2) "
-        "AND ($3::timestamptz IS NULL OR recorded_at < $3) "
-        "GROUP BY 1, 2 ORDER BY 1, 2",
-        event_type,
-        since,
-        until,
-        field,
-    )
-    return [(r["day"], r["value"], int(r["n"])) for r in rows]
+# Each outcome on the report's time axis: the request time of the slate it answers, found through
+# the slate's stream (a probe of the (stream_id, stream_version) index per outcome), or, for an
+# outcome that answers no slate in the log (organic listening), the time it occurred by the
+# client's clock. Never `recorded_at`: that is when the store wrote it, and a backfill or an
+# import writes weeks of outcomes in one minute.
+_OUTCOMES_BY_DAY = """
+SELECT date_trunc('day', coalesce(s.served_at, o.occurred_at), 'UTC') AS day,
+       s.served_at IS NOT NULL AS from_slate, o.kind, count(*) AS n
+FROM (
+    SELECT payload ->> 'kind' AS kind, (payload ->> 'occurred_at')::timestamptz AS occurred_at,
+           ((payload ->> 'recommendation_id')::uuid)::text AS rec
+    FROM events WHERE event_type = 'OutcomeRecorded'
+) AS o
+LEFT JOIN LATERAL (
+    SELECT (r.payload ->> 'requested_at')::timestamptz AS served_at
+    FROM events r
+    WHERE o.rec IS NOT NULL AND r.stream_id = 'recommendation-' || o.rec
+      AND r.stream_version = 1 AND r.event_type = 'RecommendationServed'
+    LIMIT 1
+) AS s ON true
+WHERE ($1::timestamptz IS NULL OR coalesce(s.served_at, o.occurred_at) >= $1)
+  AND ($2::timestamptz IS NULL OR coalesce(s.served_at, o.occurred_at) < $2)
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+
+async def daily_outcome_counts(
+    conn: Executor, since: datetime | None, until: datetime | None
+) -> list[tuple[datetime, bool, str, int]]:
+    """Outcomes by (UTC day, whether they answer a served slate, kind), the day being the
+    answered slate's request day, else the outcome's own `occurred_at` day; the window applies to
+    the same time."""
+    rows = await conn.fetch(_OUTCOMES_BY_DAY, since, until)
+    return [(r["day"], bool(r["from_slate"]), r["kind"], int(r["n"])) for r in rows]
 
 
 # The rewards projection holds each served slate and the reward attributed to each of its
