@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     index_dir: Path | None = Field(
         default=None, description="Where index versions are written; default <data_dir>/index"
     )
+    index_cache_dir: Path | None = Field(
+        default=None,
+        description="Where each host keeps the verified copies of index files its processes "
+        "map; default <index dir>/.mapped. Set it to a host-local path when the index dir is a "
+        "volume shared by many hosts",
+    )
     run_index_builder: bool = Field(
         default=True,
         description="Build indexes inside `segue serve` (single-node mode); one process builds "

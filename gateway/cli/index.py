@@ -28,7 +28,7 @@ def index_build() -> None:
     url = database_url(settings)
     service = IndexService(
         url,
-        IndexHolder(settings.index_root),
+        IndexHolder(settings.index_root, cache=settings.index_cache_dir),
         params=IndexParams(als=AlsParams(solver=settings.index_als_solver)),
     )
     click.echo(f"building into {settings.index_root} ...", err=True)

@@ -213,7 +213,7 @@ async def _projectors(app: web.Application) -> AsyncIterator[None]:
 async def _indexes(app: web.Application) -> AsyncIterator[None]:
     """Every process loads published indexes; in single-node mode this one also builds them."""
     settings = app[SETTINGS]
-    holder = IndexHolder(settings.index_root)
+    holder = IndexHolder(settings.index_root, cache=settings.index_cache_dir)
     await holder.refresh()
     service = IndexService(
         app[DSN],

@@ -126,7 +126,7 @@ def verify(root: Path, manifest: dict[str, Any]) -> None:
         read_checked(folder, manifest, name)
 
 
-def _shared_copy(folder: Path, manifest: dict[str, Any], name: str) -> Path:
+def _shared_copy(folder: Path, manifest: dict[str, Any], name: str, cache: Path) -> Path:
     """A verified, read-only copy of a published file that every process of this host maps.
 
     Mapping the published file would tie the processes to whatever later happens to it (see
@@ -137,7 +137,6 @@ def _shared_copy(folder: Path, manifest: dict[str, Any], name: str) -> Path:
     copy damaged since is replaced, not used. Copies of other versions are removed once a newer
     one is loaded (`prune_mapped`); processes still mapping them keep their pages."""
     expected = manifest["files"][name]
-    cache = folder.parent / MAPPED
     target = cache / f"{manifest['version']}-{expected['sha256'][:16]}-{name}"
     if target.exists():
         # The published file is checked too, though the copy is what gets mapped: a version
@@ -148,7 +147,7 @@ def _shared_copy(folder: Path, manifest: dict[str, Any], name: str) -> Path:
         if size == expected["bytes"] and sha256 == expected["sha256"]:
             return target
         target.unlink(missing_ok=True)
-    cache.mkdir(exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{name}-", suffix=".tmp")
     try:
         digest = hashlib.sha256()
@@ -169,9 +168,8 @@ def _shared_copy(folder: Path, manifest: dict[str, Any], name: str) -> Path:
     return target
 
 
-def prune_mapped(root: Path, version: str, stale_seconds: float = 3600.0) -> None:
+def prune_mapped(cache: Path, version: str, stale_seconds: float = 3600.0) -> None:
     """Remove this host's copies of other versions, and copies abandoned half-way."""
-    cache = root / MAPPED
     if not cache.is_dir():
         return
     now = time.time()
@@ -184,13 +182,13 @@ def prune_mapped(root: Path, version: str, stale_seconds: float = 3600.0) -> Non
                 path.unlink()
 
 
-def _array(folder: Path, manifest: dict[str, Any], name: str) -> NDArray[Any]:
+def _array(folder: Path, manifest: dict[str, Any], name: str, cache: Path) -> NDArray[Any]:
     """A published array, mapped from this host's verified copy (or, for a version published
     before checksums were recorded, read into this process)."""
     if name not in manifest.get("files", {}):
         loaded: NDArray[Any] = np.load(io.BytesIO((folder / name).read_bytes()))
         return loaded
-    mapped = np.load(_shared_copy(folder, manifest, name), mmap_mode="r")
+    mapped = np.load(_shared_copy(folder, manifest, name, cache), mmap_mode="r")
     # Read every page once now, in the loading thread, so that requests do not fault them in
     # one by one (a request's exploration rows are scattered over the whole array); the
     # pages are the page cache's, shared by every process mapping the copy.
@@ -201,15 +199,17 @@ def _array(folder: Path, manifest: dict[str, Any], name: str) -> NDArray[Any]:
     return view
 
 
-def load(root: Path, manifest: dict[str, Any]) -> LoadedIndex:
-    """Load a published version, refusing damaged files (OSError, ValueError, KeyError)."""
+def load(root: Path, manifest: dict[str, Any], cache: Path | None = None) -> LoadedIndex:
+    """Load a published version, refusing damaged files (OSError, ValueError, KeyError).
+    `cache` is where this host keeps the verified copies it maps (default: `<root>/.mapped`)."""
     folder = root / manifest["folder"]
+    cache = cache if cache is not None else root / MAPPED
     ids = json.loads(read_checked(folder, manifest, "ids.json"))
-    item_vectors = _array(folder, manifest, "item_vectors.npy")
-    listener_vectors = _array(folder, manifest, "listeners.npy")
+    item_vectors = _array(folder, manifest, "item_vectors.npy", cache)
+    listener_vectors = _array(folder, manifest, "listeners.npy", cache)
     annoy = AnnoyIndex(int(item_vectors.shape[1]) if item_vectors.ndim == 2 else 1, "dot")
     if "items.ann" in manifest.get("files", {}):
-        annoy.load(str(_shared_copy(folder, manifest, "items.ann")))
+        annoy.load(str(_shared_copy(folder, manifest, "items.ann", cache)))
     else:
         private = _private_copy(folder / "items.ann", manifest)
         try:
@@ -219,8 +219,8 @@ def load(root: Path, manifest: dict[str, Any]) -> LoadedIndex:
     if annoy.get_n_items() != len(ids["items"]):
         raise ValueError(f"index {manifest['version']} is damaged: item count differs")
     if "candidates.npy" in files_of(manifest):
-        candidates = _array(folder, manifest, "candidates.npy")
-        candidate_scores = _array(folder, manifest, "candidate_scores.npy")
+        candidates = _array(folder, manifest, "candidates.npy", cache)
+        candidate_scores = _array(folder, manifest, "candidate_scores.npy", cache)
     else:
         candidates = np.zeros((0, 0), dtype=np.int32)
         candidate_scores = np.zeros((0, 0), dtype=np.float32)
@@ -252,8 +252,11 @@ class IndexHolder:
     serving what it has loaded, or, with nothing loaded, candidates without an index (the
     popularity fallback), and /readyz and the metrics say so; the next good build clears it."""
 
-    def __init__(self, root: Path, poll_seconds: float = 2.0) -> None:
+    def __init__(self, root: Path, poll_seconds: float = 2.0, cache: Path | None = None) -> None:
         self.root = root
+        # Where this host's verified copies live: local to the host, even when `root` is a
+        # volume shared by many (docs/decisions.md: the index cache).
+        self.cache = cache if cache is not None else root / MAPPED
         self.poll_seconds = poll_seconds
         self.current: LoadedIndex | None = None
         self.error: str | None = None
@@ -299,12 +302,12 @@ class IndexHolder:
                 await asyncio.to_thread(verify, self.root, manifest)
                 self._healthy()
                 return False
-            loaded = await asyncio.to_thread(load, self.root, manifest)
+            loaded = await asyncio.to_thread(load, self.root, manifest, self.cache)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self._failed(f"{exc.__class__.__name__}: {exc}")
             return False
         self.current = loaded  # one reference swap; requests in flight keep the old one
-        await asyncio.to_thread(prune_mapped, self.root, loaded.version)
+        await asyncio.to_thread(prune_mapped, self.cache, loaded.version)
         for hook in self.on_load:
             hook(loaded)
         self._healthy()

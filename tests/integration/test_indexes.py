@@ -235,6 +235,19 @@ async def test_the_processes_of_a_host_share_one_verified_read_only_copy(
     assert all(name.startswith(newer["version"] + "-") for name in left)
     assert len(first.nearest(first.item_vectors[0], 5)) == 5  # its pages are still mapped
 
+    # With the index dir shared by many hosts, the copies go where SEGUE_INDEX_CACHE_DIR says
+    # (a host-local folder), and nothing is written under the shared dir's own .mapped.
+    local = tmp_path.parent / f"{tmp_path.name}-local-copies"
+    elsewhere = IndexHolder(tmp_path, cache=local)
+    assert await elsewhere.refresh()
+    here = sorted(p.name for p in local.iterdir())
+    assert here == sorted(left)
+    assert sorted(p.name for p in (tmp_path / MAPPED).iterdir()) == sorted(left)  # untouched
+    assert elsewhere.current is not None
+    mapped = elsewhere.current.item_vectors.base
+    assert isinstance(mapped, np.memmap)
+    assert Path(str(mapped.filename)).parent == local
+
 
 def test_search_k_is_raised_until_the_recall_target_and_exact_search_is_exact() -> None:
     rng = np.random.default_rng(4)

@@ -27,7 +27,6 @@ import yaml
 
 from gateway.cli.main import main
 from gateway.http.routes import ENDPOINTS
-from gateway.index.files import MAPPED
 from gateway.settings import NOT_SETTINGS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -526,24 +525,21 @@ def test_k8s_ports_probes_and_scrape_config_agree() -> None:
 
 def test_the_index_volume_is_shared_and_its_mapped_copies_are_not() -> None:
     """Index builds publish to SEGUE_INDEX_DIR on a ReadWriteMany claim every gateway mounts;
-    the per-host copies under <index>/.mapped are a link into each pod's own emptyDir."""
+    the per-host copies each process maps (SEGUE_INDEX_CACHE_DIR) are on each pod's own
+    emptyDir, never on the shared claim."""
     claim = k8s("PersistentVolumeClaim", "segue-index")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
-    index_dir = config()["SEGUE_INDEX_DIR"]
+    index_dir, cache_dir = config()["SEGUE_INDEX_DIR"], config()["SEGUE_INDEX_CACHE_DIR"]
+    assert not Path(cache_dir).is_relative_to(index_dir)
     for obj in (k8s("Deployment", "segue-gateway"), k8s("CronJob", "segue-index-build")):
         spec = pod_spec(obj)
         volumes = {v["name"]: v for v in spec["volumes"]}
-        (init,) = spec["initContainers"]
-        script = init["command"][-1]
-        (target,) = re.findall(r"ln -s (\S+) ", script)
-        assert f"link={index_dir}/{MAPPED}\n" in script
-        for c in [init, *spec["containers"]]:
+        assert "initContainers" not in spec
+        for c in spec["containers"]:
             mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
             claim_ref = volumes[mounts[index_dir]]["persistentVolumeClaim"]
             assert claim_ref["claimName"] == "segue-index"
-        for c in spec["containers"]:
-            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-            assert "emptyDir" in volumes[mounts[target]], "the copies stay on the pod's node"
+            assert "emptyDir" in volumes[mounts[cache_dir]], "the copies stay on the pod's node"
 
 
 # --- settings and commands -------------------------------------------------------------------
