@@ -23,6 +23,7 @@ NOT_SETTINGS = frozenset(
         "SEGUE_BENCH_DATABASE_URL",
         "SEGUE_FUZZ_EXAMPLES",
         "SEGUE_CACHE_DIR",
+        "SEGUE_SCREENSHOT_DIR",
     }
 )
 

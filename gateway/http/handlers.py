@@ -14,7 +14,6 @@ from aiohttp import web
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from domain.events import ItemUpserted, RecommendationServed
-from gateway.http import openapi as openapi_doc
 from gateway.http.appkeys import (
     CATALOG,
     CLOCK,
@@ -384,12 +383,6 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 
 async def openapi(request: web.Request) -> web.StreamResponse:
     return web.Response(body=orjson.dumps(request.app[OPENAPI]), content_type="application/json")
-
-
-async def docs(request: web.Request) -> web.StreamResponse:
-    return web.Response(
-        text=openapi_doc.render_html(request.app[OPENAPI]), content_type="text/html"
-    )
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

@@ -47,7 +47,7 @@ class ProblemError(Exception):
         self.errors = list(errors) if errors is not None else None
         self.headers = headers or {}
 
-    def response(self) -> web.Response:
+    def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "type": TYPE_BASE + self.kind,
             "title": self.title,
@@ -58,9 +58,12 @@ class ProblemError(Exception):
             body["field"] = self.field
         if self.errors is not None:
             body["errors"] = self.errors
+        return body
+
+    def response(self) -> web.Response:
         return web.Response(
             status=self.status,
-            body=orjson.dumps(body),
+            body=orjson.dumps(self.body()),
             content_type=PROBLEM_JSON,
             headers=self.headers,
         )
@@ -99,6 +102,19 @@ def from_validation(exc: ValidationError, prefix: str = "") -> ProblemError:
         f"{first['field']}: {first['message']}",
         field=first["field"],
         errors=details[:50],
+    )
+
+
+def unknown_query(name: str, allowed: Sequence[str]) -> ProblemError:
+    """The /v1 routes are strict like the bodies: a misspelt `?asof=` must not silently mean
+    "now"."""
+    takes = ", ".join(sorted(allowed)) or "none"
+    return ProblemError(
+        422,
+        "validation",
+        "Invalid request",
+        f"unknown query parameter {name!r}; this route takes: {takes}",
+        field=name,
     )
 
 

@@ -6,15 +6,30 @@ import re
 
 from aiohttp import web
 
-from gateway.http import handlers
+from gateway.http import docs, handlers
+from gateway.http import examples as ex
 from gateway.http import schemas as responses
 from gateway.http.appkeys import KEYS, LIMITER, SETTINGS
 from gateway.http.auth import CURRENT_KEY, Scope
-from gateway.http.endpoint import Endpoint, Handler, QueryParam
-from gateway.http.problems import ProblemError
+from gateway.http.endpoint import Endpoint, Handler, Param
+from gateway.http.problems import ProblemError, unknown_query
 from gateway.http.ratelimit import retry_after
 from gateway.serving import requests as schemas
 from gateway.settings import Settings
+
+N = Param(
+    "n",
+    {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+    "How many items",
+    example=3,
+)
+ASSET = Param(
+    "asset",
+    {"type": "string", "enum": sorted(docs.ASSETS)},
+    "One of the files /docs loads",
+    required=True,
+    example="swagger-ui.css",
+)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -27,6 +42,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         schemas.RecommendationIn,
         responses.RecommendationOut,
         idempotent=True,
+        example=ex.RECOMMEND,
     ),
     Endpoint(
         "POST",
@@ -38,6 +54,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         schemas.BlendIn,
         responses.RecommendationOut,
         idempotent=True,
+        example=ex.BLEND,
     ),
     Endpoint(
         "GET",
@@ -48,13 +65,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.RECOMMEND,
         None,
         responses.RecommendationOut,
-        query=(
-            QueryParam(
-                "n",
-                {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-                "How many items",
-            ),
-        ),
+        query=(N,),
+        example=ex.DISCOVER,
     ),
     Endpoint(
         "POST",
@@ -67,6 +79,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         responses.ForgetOut,
         status=202,
+        example=ex.FORGET,
     ),
     Endpoint(
         "GET",
@@ -77,13 +90,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.RECOMMEND,
         None,
         responses.SimilarOut,
-        query=(
-            QueryParam(
-                "n",
-                {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-                "How many items",
-            ),
-        ),
+        query=(N,),
+        example=ex.SIMILAR,
     ),
     Endpoint(
         "POST",
@@ -94,6 +102,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.INGEST,
         schemas.OutcomesIn,
         responses.OutcomesOut,
+        example=ex.OUTCOMES,
     ),
     Endpoint(
         "POST",
@@ -104,6 +113,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.CATALOG,
         schemas.ItemsIn,
         responses.ItemsOut,
+        example=ex.UPSERT_ITEMS,
     ),
     Endpoint(
         "PUT",
@@ -114,6 +124,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.CATALOG,
         schemas.ItemBody,
         responses.ItemOut,
+        example=ex.PUT_ITEM,
     ),
     Endpoint(
         "GET",
@@ -124,6 +135,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.CATALOG,
         None,
         responses.ItemOut,
+        example=ex.GET_ITEM,
     ),
     Endpoint(
         "DELETE",
@@ -134,6 +146,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.CATALOG,
         None,
         responses.ItemOut,
+        example=ex.RETIRE_ITEM,
     ),
     Endpoint(
         "GET",
@@ -145,12 +158,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         responses.ItemRewardsOut,
         query=(
-            QueryParam(
+            Param(
                 "as_of",
                 {"type": "string", "format": "date-time"},
                 "RFC 3339 instant with a time zone (default: now)",
+                example=ex.AS_OF,
             ),
         ),
+        example=ex.ITEM_REWARDS,
     ),
     Endpoint(
         "GET",
@@ -161,6 +176,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Scope.ADMIN,
         None,
         responses.StatusOut,
+        example=ex.ADMIN_STATUS,
     ),
     Endpoint(
         "POST",
@@ -172,9 +188,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         responses.IndexOut,
         status=202,
+        example=ex.REBUILD_INDEX,
     ),
     Endpoint(
-        "GET", "/healthz", handlers.healthz, "Liveness", "service", None, None, responses.HealthOut
+        "GET",
+        "/healthz",
+        handlers.healthz,
+        "Liveness",
+        "service",
+        None,
+        None,
+        responses.HealthOut,
+        example=ex.HEALTHZ,
     ),
     Endpoint(
         "GET",
@@ -185,17 +210,43 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         None,
         responses.ReadyOut,
+        example=ex.READYZ,
     ),
     Endpoint(
-        "GET", "/openapi.json", handlers.openapi, "This API's OpenAPI 3.1 description", "service"
+        "GET",
+        "/openapi.json",
+        handlers.openapi,
+        "This API's OpenAPI 3.1 description",
+        "service",
+        example=ex.OPENAPI,
+    ),
+    Endpoint(
+        "GET",
+        "/",
+        docs.landing,
+        "A page linking the docs, this description, health, readiness, metrics and /admin",
+        "service",
+        content_type="text/html",
+        example=ex.PAGE,
     ),
     Endpoint(
         "GET",
         "/docs",
-        handlers.docs,
-        "A readable page of this API",
+        docs.docs,
+        "These docs: Swagger UI over /openapi.json, served by the gateway itself",
         "service",
         content_type="text/html",
+        example=ex.PAGE,
+    ),
+    Endpoint(
+        "GET",
+        "/docs/static/{asset}",
+        docs.docs_asset,
+        "The scripts, styles and icon /docs loads",
+        "service",
+        example=ex.ASSET,
+        path_params=(ASSET,),
+        content_types=docs.ASSET_TYPES,
     ),
     Endpoint(
         "GET",
@@ -204,6 +255,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Prometheus metrics",
         "service",
         content_type="text/plain",
+        example=ex.METRICS,
     ),
 )
 
@@ -222,17 +274,9 @@ def _guarded(handler: Handler, scope: Scope, query: frozenset[str]) -> Handler:
                 headers={"Retry-After": retry_after(wait)},
             )
         CURRENT_KEY.set(key)
-        # Strict like the bodies: a misspelt `?asof=` must not silently mean "now".
         unknown = sorted(set(request.query) - query)
         if unknown:
-            allowed = ", ".join(sorted(query)) or "none"
-            raise ProblemError(
-                422,
-                "validation",
-                "Invalid request",
-                f"unknown query parameter {unknown[0]!r}; this route takes: {allowed}",
-                field=unknown[0],
-            )
+            raise unknown_query(unknown[0], sorted(query))
         return await handler(request)
 
     return guarded

@@ -599,16 +599,6 @@ async def test_openapi_is_valid_3_1_and_describes_every_route(api: Api) -> None:
     assert described == {(ep.method, ep.path) for ep in ENDPOINTS}
 
 
-async def test_docs_page(api: Api) -> None:
-    reply = await api.get("/docs", key=None)
-    assert reply.status == 200
-    assert reply.content_type == "text/html"
-    page = reply.text()
-    assert page.lstrip().lower().startswith("<!doctype html>")
-    for ep in ENDPOINTS:
-        assert ep.path in page
-
-
 async def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
     expect_problem(await api.get("/v1/nowhere"), 404, None, kind="not-found")
     reply = await api.request("PATCH", "/v1/recommendations", json={})
