@@ -14,6 +14,7 @@ from aiohttp import web
 
 from domain.embeddings import AlsParams
 from gateway.http import redaction
+from gateway.http.admin import admin_context
 from gateway.http.appkeys import (
     CATALOG,
     CLOCK,
@@ -230,6 +231,8 @@ def create_app(
     app[DSN] = dsn
     app[CLOCK] = clock
     app[OPENAPI] = build_spec(ENDPOINTS)
-    app.cleanup_ctx.extend([_database, _event_store, _indexes, _services, _edge, _projectors])
+    app.cleanup_ctx.extend(
+        [_database, _event_store, _indexes, _services, _edge, _projectors, admin_context]
+    )
     setup_routes(app)
     return app

@@ -6,7 +6,7 @@ import re
 
 from aiohttp import web
 
-from gateway.http import handlers
+from gateway.http import admin, handlers
 from gateway.http import schemas as responses
 from gateway.http.appkeys import KEYS, LIMITER
 from gateway.http.auth import CURRENT_KEY, Scope
@@ -171,6 +171,55 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         responses.IndexOut,
         status=202,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/admin/dashboard",
+        admin.dashboard,
+        "What the admin page shows: projections with their lag and state, this process's "
+        "projection rebuilds, the index served and its age, this process's request rates and "
+        "latencies",
+        "admin",
+        Scope.ADMIN,
+        None,
+        admin.DashboardOut,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/admin/dashboard/series",
+        admin.dashboard_series,
+        "Per UTC day slates were served: reward per slate by surface, attributed outcomes by kind",
+        "admin",
+        Scope.ADMIN,
+        None,
+        admin.SeriesOut,
+        query=(
+            QueryParam(
+                "days",
+                {"type": "integer", "minimum": 1, "maximum": admin.MAX_DAYS, "default": 14},
+                "How many days, today's included",
+            ),
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/admin/projections/rebuild",
+        admin.rebuild_projection,
+        "Rebuild a projection from the log in the background, then swap it in (as `segue "
+        "rebuild`); progress is in /v1/admin/dashboard",
+        "admin",
+        Scope.ADMIN,
+        admin.ProjectionRebuildIn,
+        admin.RebuildOut,
+        status=202,
+    ),
+    Endpoint(
+        "GET",
+        "/admin",
+        admin.admin_page,
+        "The admin dashboard: a page that asks for an admin key and reads the /v1/admin routes",
+        "admin",
+        content_type="text/html",
     ),
     Endpoint(
         "GET", "/healthz", handlers.healthz, "Liveness", "service", None, None, responses.HealthOut
