@@ -1,8 +1,8 @@
 """The admin page in headless Chromium against a real gateway on PostgreSQL with the demo's data
 (seeded by the demo's own code, at a small size): refused without a key and with a key lacking
 the admin scope, then the charts drawn from the JSON (the points and bars in the SVG, with their
-values and their geometry, not just that something was drawn), then the index rebuilt through
-the button and its confirmation until the page shows the new version.
+values and their geometry, not just that something was drawn), then a projection and the index
+rebuilt through their buttons and confirmations until the page shows the new versions.
 
 The browser is driven from a thread (selenium blocks) while the test's event loop serves it.
 Skipped where Chromium or its driver is not installed; CI installs both (.ci/run).
@@ -203,6 +203,23 @@ def drive(base: str, admin: str, other: str) -> dict[str, Any]:
         )
         assert {r.find_element(By.CLASS_NAME, "badge").text for r in rows} == {"ok"}
         assert driver.find_element(By.ID, "index-version").text == "none yet"
+
+        # Rebuild a projection: confirm, then the page follows the job until the swap.
+        driver.find_element(By.CSS_SELECTOR, "button[data-rebuild='rewards']").click()
+        alert = WebDriverWait(driver, WAIT).until(expected_conditions.alert_is_present())
+        assert "Rebuild the rewards projection" in alert.text
+        alert.accept()
+        wait_for(
+            driver,
+            "document.querySelector('#rebuilds li[data-job=rewards][data-state=done]')",
+            "the rewards rebuild to be done",
+        )
+        wait_for(
+            driver,
+            "document.querySelector('#projections tr[data-projection=rewards]')"
+            ".textContent.startsWith('rewards v2')",
+            "rewards v2 in the table",
+        )
 
         # Rebuild the index: confirm, then the page follows it until the version is published.
         driver.find_element(By.ID, "rebuild-index").click()
