@@ -153,6 +153,76 @@ class Ready(TypedDict):
     checks: dict[str, str]
 
 
+class Rebuild(TypedDict):
+    projection: str
+    state: Literal["running", "done", "failed"]
+    definition_version: str | None
+    version: int | None
+    position: int
+    target: int
+    started_at: str
+    finished_at: str | None
+    error: str | None
+
+
+class DashboardIndex(IndexStatus):
+    age_seconds: float | None
+
+
+class RequestFigures(TypedDict):
+    requests: int
+    rate_per_second: float
+    client_errors: int
+    errors: int
+    p50_seconds: float | None
+    p95_seconds: float | None
+    p99_seconds: float | None
+    mean_seconds: float | None
+
+
+class RouteFigures(RequestFigures):
+    method: str
+    route: str
+
+
+class Requests(TypedDict):
+    process_id: int
+    window_seconds: float
+    total: RequestFigures
+    routes: list[RouteFigures]
+
+
+class Dashboard(TypedDict):
+    generated_at: str
+    projections: list[ProjectionStatus]
+    rebuilds: list[Rebuild]
+    index: DashboardIndex
+    requests: Requests
+
+
+class SurfaceDay(TypedDict):
+    day: str
+    surface: str
+    slates: int
+    outcomes: int
+    reward: float
+    reward_per_slate: float
+
+
+class KindDay(TypedDict):
+    day: str
+    kind: str
+    count: int
+
+
+class Series(TypedDict):
+    since: str
+    until: str
+    definition_version: str | None
+    rewards: list[SurfaceDay]
+    outcomes: list[KindDay]
+
+
 class SegueError(Exception):
     """A non-2xx answer. `problem` is the RFC 9457 body (`type`, `detail`, `field`...)."""
 
@@ -403,6 +473,25 @@ class SegueClient:
     async def rebuild_index(self) -> IndexStatus:
         """Start an index build now (admin scope); answered at once, 202."""
         result: IndexStatus = await self.request("POST", "/v1/admin/index/rebuild")
+        return result
+
+    async def dashboard(self) -> Dashboard:
+        """What the admin page shows besides its charts (admin scope)."""
+        result: Dashboard = await self.request("GET", "/v1/admin/dashboard")
+        return result
+
+    async def dashboard_series(self, *, days: int = 14) -> Series:
+        """Reward per slate and the outcome mix by UTC day served, today included (admin)."""
+        result: Series = await self.request(
+            "GET", "/v1/admin/dashboard/series", params={"days": str(days)}
+        )
+        return result
+
+    async def rebuild_projection(self, projection: str) -> Rebuild:
+        """Start rebuilding a projection from the log (admin scope); answered at once, 202."""
+        result: Rebuild = await self.request(
+            "POST", "/v1/admin/projections/rebuild", json={"projection": projection}
+        )
         return result
 
     async def health(self) -> bool:

@@ -118,14 +118,19 @@ INDEX_INFO = Gauge(
 )
 
 
-def scrape() -> tuple[bytes, str]:
-    """The body and content type of a scrape: every worker's samples in multiprocess mode,
-    this process's otherwise."""
+def registry() -> CollectorRegistry:
+    """What a scrape reads: every worker's samples in multiprocess mode, this process's
+    otherwise."""
     if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        gathered = CollectorRegistry()
+        multiprocess.MultiProcessCollector(gathered)  # type: ignore[no-untyped-call]
+        return gathered
+    return REGISTRY
+
+
+def scrape() -> tuple[bytes, str]:
+    """The body and content type of a scrape."""
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
 
 
 def worker_exited(pid: int) -> None:

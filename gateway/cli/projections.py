@@ -51,7 +51,7 @@ def rebuild(projection: str, definition_path: Path | None) -> None:
     """Rebuild PROJECTION from position zero into new tables, then swap them in."""
     from domain.rewards import DEFAULT, RewardDefinition
     from gateway.projections.definitions import PROJECTIONS
-    from gateway.projections.runner import head, live_version
+    from gateway.projections.runner import RebuildRunning, head, live_version
     from gateway.projections.runner import rebuild as do_rebuild
 
     settings = load_settings()
@@ -90,7 +90,10 @@ def rebuild(projection: str, definition_path: Path | None) -> None:
             bar.update(max((bar.length or 0) - done, 0))
         click.echo(f"{projection} v{new.version} is live (schema {new.schema})")
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except RebuildRunning as exc:
+        raise click.ClickException(f"{exc} (segue status shows its version as building)") from None
 
 
 @click.command()

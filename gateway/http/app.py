@@ -14,6 +14,7 @@ from aiohttp import web
 
 from domain.embeddings import AlsParams
 from gateway.http import handlers, redaction
+from gateway.http.admin import admin_context
 from gateway.http.appkeys import (
     CATALOG,
     CLOCK,
@@ -262,7 +263,16 @@ def create_app(
     app[CLOCK] = clock
     app[OPENAPI] = build_spec(served_endpoints(settings))
     app.cleanup_ctx.extend(
-        [_database, _event_store, _indexes, _services, _edge, _observability, _projectors]
+        [
+            _database,
+            _event_store,
+            _indexes,
+            _services,
+            _edge,
+            _observability,
+            _projectors,
+            admin_context,
+        ]
     )
     setup_routes(app)
     return app

@@ -11,8 +11,10 @@ from aiohttp import web
 
 from gateway.http.auth import KeyVerifier
 from gateway.http.ratelimit import RateLimiter
+from gateway.http.traffic import RequestWindow
 from gateway.index.holder import IndexHolder
 from gateway.index.service import IndexService
+from gateway.projections.rebuilds import Rebuilds
 from gateway.projections.rewards import LiveVersions, RewardsReader
 from gateway.projections.runner import Runner
 from gateway.serving.catalog import Catalog
@@ -44,3 +46,5 @@ INDEX = web.AppKey("index", IndexHolder)
 INDEX_SERVICE = web.AppKey("index_service", IndexService)
 SCORES = web.AppKey("scores", ItemScores)
 VERSIONS = web.AppKey("versions", LiveVersions)
+REBUILDS = web.AppKey("rebuilds", Rebuilds)
+REQUEST_WINDOW = web.AppKey("request_window", RequestWindow)

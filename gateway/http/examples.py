@@ -245,6 +245,65 @@ ADMIN_STATUS = Example(
 
 REBUILD_INDEX = Example(response={**_INDEX, "building": True})
 
+_REBUILD = {
+    "projection": "rewards",
+    "state": "running",
+    "definition_version": "music-podcasts-1",
+    "version": 2,
+    "position": 4100,
+    "target": 9210,
+    "started_at": "2026-03-02T11:58:12.441001Z",
+    "finished_at": None,
+    "error": None,
+}
+
+_FIGURES = {
+    "requests": 1840,
+    "rate_per_second": 30.7,
+    "client_errors": 12,
+    "errors": 0,
+    "p50_seconds": 0.004,
+    "p95_seconds": 0.011,
+    "p99_seconds": 0.024,
+    "mean_seconds": 0.005,
+}
+
+DASHBOARD = Example(
+    response={
+        "generated_at": "2026-03-02T12:00:00Z",
+        "projections": [_projection("listeners"), _projection("rewards")],
+        "rebuilds": [_REBUILD],
+        "index": {**_INDEX, "age_seconds": 899.0},
+        "requests": {
+            "process_id": 4711,
+            "window_seconds": 60.0,
+            "total": _FIGURES,
+            "routes": [{**_FIGURES, "method": "POST", "route": "/v1/recommendations"}],
+        },
+    }
+)
+
+DASHBOARD_SERIES = Example(
+    response={
+        "since": "2026-03-01",
+        "until": "2026-03-02",
+        "definition_version": "music-podcasts-1",
+        "rewards": [
+            {
+                "day": "2026-03-01",
+                "surface": "home",
+                "slates": 118,
+                "outcomes": 64,
+                "reward": 3.5,
+                "reward_per_slate": 0.0297,
+            }
+        ],
+        "outcomes": [{"day": "2026-03-01", "kind": "stream_30s", "count": 41}],
+    }
+)
+
+REBUILD_PROJECTION = Example(request={"projection": "rewards"}, response=_REBUILD)
+
 HEALTHZ = Example(response={"status": "ok"})
 
 READYZ = Example(

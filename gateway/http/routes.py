@@ -6,7 +6,7 @@ import re
 
 from aiohttp import web
 
-from gateway.http import docs, handlers
+from gateway.http import admin, docs, handlers
 from gateway.http import examples as ex
 from gateway.http import schemas as responses
 from gateway.http.appkeys import KEYS, LIMITER, SETTINGS
@@ -189,6 +189,60 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         responses.IndexOut,
         status=202,
         example=ex.REBUILD_INDEX,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/admin/dashboard",
+        admin.dashboard,
+        "What the admin page shows: projections with their lag and state, this process's "
+        "projection rebuilds, the index served and its age, this process's request rates and "
+        "latencies",
+        "admin",
+        Scope.ADMIN,
+        None,
+        admin.DashboardOut,
+        example=ex.DASHBOARD,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/admin/dashboard/series",
+        admin.dashboard_series,
+        "Per UTC day slates were served: reward per slate by surface, attributed outcomes by kind",
+        "admin",
+        Scope.ADMIN,
+        None,
+        admin.SeriesOut,
+        query=(
+            Param(
+                "days",
+                {"type": "integer", "minimum": 1, "maximum": admin.MAX_DAYS, "default": 14},
+                "How many days, today's included",
+                example=2,
+            ),
+        ),
+        example=ex.DASHBOARD_SERIES,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/admin/projections/rebuild",
+        admin.rebuild_projection,
+        "Rebuild a projection from the log in the background, then swap it in (as `segue "
+        "rebuild`); progress is in /v1/admin/dashboard",
+        "admin",
+        Scope.ADMIN,
+        admin.ProjectionRebuildIn,
+        admin.RebuildOut,
+        status=202,
+        example=ex.REBUILD_PROJECTION,
+    ),
+    Endpoint(
+        "GET",
+        "/admin",
+        admin.admin_page,
+        "The admin dashboard: a page that asks for an admin key and reads the /v1/admin routes",
+        "admin",
+        content_type="text/html",
+        example=ex.PAGE,
     ),
     Endpoint(
         "GET",

@@ -449,6 +449,10 @@ async def status(
     return out
 
 
+class RebuildRunning(Exception):
+    """Another rebuild of the projection holds its rebuild lock (in any process)."""
+
+
 async def rebuild(
     dsn: str,
     projection: Projection,
@@ -460,45 +464,27 @@ async def rebuild(
     The new version catches up with the log's head, then one transaction retires the live
     version and makes the new one live; a runner of the old version notices at its next batch
     and moves on to the new one from the new one's checkpoint, so nothing is applied twice.
+
+    One rebuild of a projection at a time, cluster-wide (`RebuildRunning` otherwise): two would
+    each fill a version, and the second swap would throw the first one's work away. A rebuild
+    that stops before its swap (cancelled, or its connection lost) retires the version it was
+    filling, so no half-filled `building` version is left listed.
     """
     conn: Connection = await asyncpg.connect(dsn)
     try:
+        # Held by this session until it ends: a crashed rebuild frees it with its connection.
+        if not await conn.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            _LOCK_NAMESPACE,
+            f"rebuild:{projection.name}",
+        ):
+            raise RebuildRunning(f"a rebuild of {projection.name} is already running")
         new = await create_version(conn, projection, definition, "building")
-        runner = Runner(dsn, projection, version=new.version, poll_seconds=0.05)
-        task = asyncio.create_task(runner.run(), name=f"rebuild-{projection.name}")
         try:
-            while True:
-                target = await head(conn)
-                while runner.position < target:
-                    if task.done():
-                        task.result()  # surfaces the runner's failure
-                    with contextlib.suppress(TimeoutError):
-                        await runner.wait_for(target, timeout=0.5)
-                    if progress is not None:
-                        progress(runner.position, target, new.version)
-                # Swap once a fresh look at the head finds nothing more to catch up on.
-                async with conn.transaction():
-                    await conn.execute(
-                        "SELECT 1 FROM projections WHERE name = $1 FOR UPDATE", projection.name
-                    )
-                    if await head(conn) > runner.position:
-                        continue
-                    old = await conn.fetchval(
-                        "UPDATE projections SET status = 'retired', updated_at = now() "
-                        "WHERE name = $1 AND status = 'live' RETURNING schema_name",
-                        projection.name,
-                    )
-                    await conn.execute(
-                        "UPDATE projections SET status = 'live', updated_at = now() "
-                        "WHERE name = $1 AND version = $2",
-                        projection.name,
-                        new.version,
-                    )
-                break
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            old = await _fill_and_swap(conn, dsn, projection, new, progress)
+        except BaseException:
+            await _abandon(dsn, new)
+            raise
         if old is not None:
             # Derived data only; the log still holds everything it was made from.
             await conn.execute(f"DROP SCHEMA IF EXISTS {q(old)} CASCADE")
@@ -507,6 +493,76 @@ async def rebuild(
         return swapped
     finally:
         await conn.close()
+
+
+async def _fill_and_swap(
+    conn: Connection,
+    dsn: str,
+    projection: Projection,
+    new: Version,
+    progress: Callable[[Position, Position, int], None] | None,
+) -> str | None:
+    """Catch `new` up with the log and make it live; returns the retired version's schema."""
+    runner = Runner(dsn, projection, version=new.version, poll_seconds=0.05)
+    task = asyncio.create_task(runner.run(), name=f"rebuild-{projection.name}")
+    try:
+        while True:
+            target = await head(conn)
+            while runner.position < target:
+                if task.done():
+                    task.result()  # surfaces the runner's failure
+                with contextlib.suppress(TimeoutError):
+                    await runner.wait_for(target, timeout=0.5)
+                if progress is not None:
+                    progress(runner.position, target, new.version)
+            # Swap once a fresh look at the head finds nothing more to catch up on.
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT 1 FROM projections WHERE name = $1 FOR UPDATE", projection.name
+                )
+                if await head(conn) > runner.position:
+                    continue
+                old: str | None = await conn.fetchval(
+                    "UPDATE projections SET status = 'retired', updated_at = now() "
+                    "WHERE name = $1 AND status = 'live' RETURNING schema_name",
+                    projection.name,
+                )
+                await conn.execute(
+                    "UPDATE projections SET status = 'live', updated_at = now() "
+                    "WHERE name = $1 AND version = $2",
+                    projection.name,
+                    new.version,
+                )
+            return old
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _abandon(dsn: str, version: Version) -> None:
+    """Retire a version a rebuild stopped filling and drop its tables, on a connection of its
+    own (the rebuild's may be the thing that failed). Shielded: it runs while the rebuild is
+    being cancelled. If the database is away too, the version stays listed as building."""
+
+    async def drop() -> None:
+        conn: Connection = await asyncpg.connect(dsn, timeout=5)
+        try:
+            retired = await conn.fetchval(
+                "UPDATE projections SET status = 'retired', updated_at = now() "
+                "WHERE name = $1 AND version = $2 AND status = 'building' RETURNING schema_name",
+                version.name,
+                version.version,
+            )
+            if retired is not None:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {q(retired)} CASCADE")
+        finally:
+            await conn.close()
+
+    try:
+        await asyncio.shield(drop())
+    except Exception as exc:
+        log.warning("could not retire the abandoned %s v%s: %r", version.name, version.version, exc)
 
 
 def all_projections() -> list[Projection]:

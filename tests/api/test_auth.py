@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from pydantic import BaseModel
 
+from gateway.http.admin import ProjectionRebuildIn
 from gateway.http.auth import Scope, create_key, revoke_key
 from gateway.http.endpoint import Endpoint
 from gateway.http.routes import ENDPOINTS
@@ -66,6 +67,7 @@ def _valid_bodies() -> dict[type[BaseModel], Any]:
         schemas.ItemsIn: {"items": [{"item_id": "auth-item", "kind": "track"}]},
         schemas.ItemBody: {"kind": "track", "attributes": {"from": "auth"}},
         schemas.BlendIn: {"user_ids": ["auth-user", "auth-friend"], "n": 3},
+        ProjectionRebuildIn: {"projection": "listeners"},
     }
 
 
@@ -226,6 +228,7 @@ PUBLIC = {
     "/docs",
     "/docs/static/{asset}",
     "/metrics",
+    "/admin",
 }
 
 

@@ -704,6 +704,21 @@ async def test_the_client_covers_every_route_with_the_shapes_it_declares(
     for projection in status["projections"]:
         same_keys(projection, typed.ProjectionStatus)
     same_keys(await client.rebuild_index(), typed.IndexStatus)
+    board = await client.dashboard()
+    same_keys(board, typed.Dashboard)
+    same_keys(board["index"], typed.DashboardIndex)
+    same_keys(board["requests"], typed.Requests)
+    same_keys(board["requests"]["total"], typed.RequestFigures)
+    for figures in board["requests"]["routes"]:
+        same_keys(figures, typed.RouteFigures)
+    rebuild = await client.rebuild_projection("listeners")
+    same_keys(rebuild, typed.Rebuild)
+    series = await client.dashboard_series(days=3)
+    same_keys(series, typed.Series)
+    for day in series["rewards"]:
+        same_keys(day, typed.SurfaceDay)
+    for kinds in series["outcomes"]:
+        same_keys(kinds, typed.KindDay)
     for _ in range(300):  # the rebuild asked for above, published and loaded
         if (await client.status())["index"]["version"] is not None:
             break

@@ -221,6 +221,9 @@ ORDER = [
     ("GET", "/v1/items/{item_id}/rewards"),
     ("GET", "/v1/admin/status"),
     ("POST", "/v1/admin/index/rebuild"),
+    ("GET", "/v1/admin/dashboard"),
+    ("GET", "/v1/admin/dashboard/series"),
+    ("POST", "/v1/admin/projections/rebuild"),
     ("POST", "/v1/users/{user_id}/forget"),
     ("DELETE", "/v1/items/{item_id}"),
     ("GET", "/healthz"),
@@ -230,6 +233,7 @@ ORDER = [
     ("GET", "/docs"),
     ("GET", "/docs/static/{asset}"),
     ("GET", "/metrics"),
+    ("GET", "/admin"),
 ]
 
 
