@@ -51,7 +51,11 @@ from gateway.analysis.evaluation_log import (
     reward_definition,
 )
 from gateway.analysis.targets import CsvTarget, Target, UniformTarget, current_target
+from gateway.store import reads
 from gateway.store.database import create_pool
+
+# How long an evaluation waits for transactions that may still commit into its window.
+SETTLE_SECONDS = 60.0
 
 Progress = Callable[[int, int], None]  # (events read so far, events in all)
 # --- from the log to rounds -------------------------------------------------------------------
@@ -268,6 +272,13 @@ async def load_rounds(
         target_path = Path(request.target)
     conn = await asyncpg.connect(dsn)
     try:
+        if request.filters.until is not None:
+            # Read the window only once no slate or outcome recorded before its end can still
+            # commit (docs/decisions.md §83), so that evaluating it again gives the same rounds.
+            try:
+                await reads.settle(conn, request.filters.until, timeout=SETTLE_SECONDS)
+            except reads.NotSettled as exc:
+                raise EvaluationError(str(exc)) from None
         definition = await reward_definition(conn, request.reward)
         target: Target
         if target_path is not None:

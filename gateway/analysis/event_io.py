@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,11 +31,13 @@ import pyarrow.parquet as pq
 from domain.events import EVENT_TYPES, ItemRetired, ItemUpserted, ListenerForgotten
 from domain.upcasting import decode
 from gateway.projections.catalog import CatalogProjection
-from gateway.store import bulk
+from gateway.store import bulk, reads
 from gateway.store.postgres import Connection
 
 FORMATS = ("jsonl", "parquet")
 BATCH_ROWS = 5000
+# How long an export waits for the transactions that may still commit into its window.
+SETTLE_SECONDS = 60.0
 FIELDS = (
     "type",
     "event_id",
@@ -157,10 +159,23 @@ async def export_events(
     *,
     on_total: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_until: Callable[[datetime], None] | None = None,
     batch_rows: int = BATCH_ROWS,
+    settle_timeout: float = SETTLE_SECONDS,
 ) -> int:
     """Write every event matching `filters` to `sink`, in commit order, from one snapshot;
-    returns how many. `on_total` hears the count first, `on_batch` each batch's size."""
+    returns how many. `on_total` hears the count first, `on_batch` each batch's size.
+
+    The window ends at `filters.until`, or at the database's clock when the export starts
+    (`on_until` hears which), and is read only once settled: no event recorded before its end
+    can commit later, so it is final, and a later export from that instant on (`--since`) has
+    exactly the rest (docs/decisions.md §83). A window still open after `settle_timeout` s
+    raises NotSettled."""
+    until = filters.until if filters.until is not None else await reads.clock(conn)
+    await reads.settle(conn, until, timeout=settle_timeout)
+    if on_until is not None:
+        on_until(until)
+    filters = replace(filters, until=until)
     where, args = filters.where()
     written = 0
     async with conn.transaction(isolation="repeatable_read", readonly=True):

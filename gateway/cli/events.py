@@ -97,6 +97,7 @@ def export(
         export_events,
         format_of,
     )
+    from gateway.store.reads import NotSettled
 
     try:
         fmt = format_of(output, fmt)
@@ -104,6 +105,7 @@ def export(
         raise click.BadParameter(str(exc), param_hint="--output") from None
     filters = Filters(_when(since, "--since"), _when(until, "--until"), types, surfaces)
     url = _url()
+    ended: list[datetime] = []
 
     async def run(sink: Sink) -> int:
         conn = await asyncpg.connect(url)
@@ -119,7 +121,14 @@ def export(
                 if bar is not None:
                     bar.update(n)
 
-            return await export_events(conn, sink, filters, on_total=total, on_batch=step)
+            def window(until: datetime) -> None:
+                ended.append(until)
+
+            return await export_events(
+                conn, sink, filters, on_total=total, on_batch=step, on_until=window
+            )
+        except NotSettled as exc:
+            raise click.ClickException(f"cannot export: {exc}") from None
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)
@@ -137,7 +146,8 @@ def export(
                 sink = JsonlSink(f)
                 n = asyncio.run(run(sink))
                 sink.close()
-    click.echo(f"exported {n} events to {output}", err=True)
+    # The window's end, settled: the next export of this log starts there (`--since`).
+    click.echo(f"exported {n} events recorded before {ended[0].isoformat()} to {output}", err=True)
 
 
 @click.command("import")

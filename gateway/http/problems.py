@@ -17,6 +17,7 @@ from gateway.http.access_log import route_of
 from gateway.serving.errors import Refused
 from gateway.store.api import StoreUnavailable
 from gateway.store.database import UNAVAILABLE_ERRORS
+from gateway.store.reads import NotSettled
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,17 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
             "the request body is too large" if too_large else f"{exc.reason}: {request.path}",
             field="body" if too_large else None,
             headers={k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")},
+        ).response()
+    except NotSettled as exc:
+        # Events recorded before the instant asked for may still be on their way: the answer
+        # would change, so none is given yet (docs/decisions.md §83).
+        return ProblemError(
+            503,
+            "not-settled",
+            "Service Unavailable",
+            str(exc),
+            field="as_of" if "as_of" in request.query else None,
+            headers={"Retry-After": "1"},
         ).response()
     except UNAVAILABLE as exc:
         log.warning("database unavailable: %r", exc)

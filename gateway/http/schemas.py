@@ -132,7 +132,8 @@ class ItemRewardsOut(Model):
     by_surface: dict[str, SurfaceRewardsOut]
     long_term: LongTermOut
     projected_through: datetime | None = Field(
-        description="recorded_at of the last event the projection has applied"
+        description="Every event recorded before this instant is counted (the rewards "
+        "projection is settled through it; an explicit as_of is answered only once it is past)"
     )
 
 

@@ -8,6 +8,7 @@ complete at T.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,7 @@ from domain.reward_fold import ORGANIC, day_number
 from domain.rewards import RewardDefinition
 from gateway.projections.definitions import q
 from gateway.projections.runner import Version, live_version
+from gateway.store.reads import NotSettled
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ class RewardsReader:
         prior_ttl: float = 60.0,
         *,
         prior_timeout: float | None = None,
+        settle_seconds: float = 3.0,
     ) -> None:
         """`prior_timeout` bounds fitting the trace prior, which reads every item's traces,
         instead of the pool's `command_timeout` (None: the pool's)."""
@@ -109,6 +112,7 @@ class RewardsReader:
         self._versions = versions
         self._prior_ttl = prior_ttl
         self._prior_timeout = prior_timeout
+        self._settle_seconds = settle_seconds
         self._prior: dict[tuple[str, int], tuple[float, TracePrior]] = {}
 
     async def item(self, item_id: str, as_of: datetime, *, current: bool) -> ItemRewards | None:
@@ -128,6 +132,8 @@ class RewardsReader:
     ) -> ItemRewards:
         s = q(version.schema)
         definition = version.definition
+        if not current:
+            await self._settled(version, as_of)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             rewards = await conn.fetch(
                 f"SELECT surface, sum(served), sum(reward_sum), sum(reward_sq) "
@@ -160,7 +166,7 @@ class RewardsReader:
                 as_of,
             )
             through = await conn.fetchval(
-                "SELECT last_recorded_at FROM projections WHERE name = $1 AND version = $2",
+                "SELECT settled_through FROM projections WHERE name = $1 AND version = $2",
                 version.name,
                 version.version,
             )
@@ -195,6 +201,30 @@ class RewardsReader:
             horizon_days=definition.horizon_days,
             projected_through=through,
         )
+
+    async def _settled(self, version: Version, as_of: datetime) -> None:
+        """Wait (briefly) until every event recorded up to `as_of` is applied, so that the
+        answer is what a rebuild of the log truncated there gives, and never changes; raise
+        NotSettled if that takes longer than `settle_seconds`."""
+        deadline = time.monotonic() + self._settle_seconds
+        wait = 0.02
+        while True:
+            through = await self._pool.fetchval(
+                "SELECT settled_through FROM projections WHERE name = $1 AND version = $2",
+                version.name,
+                version.version,
+            )
+            # Strictly after: an event stamped at that very microsecond may not be applied.
+            if through is not None and through > as_of:
+                return
+            if time.monotonic() > deadline:
+                settled = through.isoformat() if through is not None else "no instant yet"
+                raise NotSettled(
+                    f"the rewards are settled through {settled}, not yet past as_of "
+                    f"{as_of.isoformat()}; retry shortly"
+                )
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 0.2)
 
     async def _prior_for(
         self,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +34,8 @@ from gateway.store.postgres import Connection, row_to_event
 
 log = logging.getLogger(__name__)
 
+# How often a runner pairs the clock with a fresh transaction id (each pairing uses one id).
+SAMPLE_SECONDS = 0.5
 _LOCK_NAMESPACE = 0x5E6E  # first key of the two-key advisory lock form, "segue projections"
 
 
@@ -194,6 +198,7 @@ class Runner:
         self.version: Version | None = None
         self.active = False  # holds the lock and applies batches
         self.caught_up = False
+        self.settled_through: datetime | None = None
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
 
@@ -299,10 +304,22 @@ class Runner:
             self.active = True
             self._backoff.reset()
             await self._set_position(version.position)
+            # (t, x) pairs: every event recorded before t is in a transaction below x.
+            samples: deque[tuple[datetime, int]] = deque()
+            sampled = -SAMPLE_SECONDS
             while True:
                 one = self.failure is not None or self._narrowing
-                rows = await reads.read_after(conn, self.position, 1 if one else self.batch_size)
+                if time.monotonic() - sampled >= SAMPLE_SECONDS:
+                    samples.append(await reads.clock_and_next_xid(conn))
+                    sampled = time.monotonic()
+                horizon = await reads.oldest_open_xid(conn)
+                limit = 1 if one else self.batch_size
+                rows = await reads.read_after(conn, self.position, limit, below=horizon)
+                # Fewer than asked: caught up to the horizon (once these rows are applied).
+                # Else every transaction before the last row's is applied in full.
+                applied_below = horizon if len(rows) < limit else int(rows[-1][1])
                 if not rows:
+                    await self._settle(conn, version, samples, applied_below)
                     self._narrowing = False  # caught up: whatever failed has passed
                     self.caught_up = True
                     await self._idle()
@@ -310,6 +327,7 @@ class Runner:
                 self.caught_up = False
                 self._attempt, self._attempt_size = rows[0][0], len(rows)
                 await self._apply(conn, version, rows)
+                await self._settle(conn, version, samples, applied_below)
                 if self.failure is not None and (
                     self.failed_position is None or rows[-1][0] >= self.failed_position
                 ):
@@ -318,6 +336,31 @@ class Runner:
             self.active = False
             with contextlib.suppress(Exception):
                 await conn.close()
+
+    async def _settle(
+        self,
+        conn: Connection,
+        version: Version,
+        samples: deque[tuple[datetime, int]],
+        applied_below: int,
+    ) -> None:
+        """Every event of a transaction below `applied_below` is applied: so is every event
+        recorded before the latest sampled t whose x is at most that. Record the instant, for
+        `?as_of=` and `projected_through` (docs/decisions.md §83)."""
+        chosen: datetime | None = None
+        while samples and samples[0][1] <= applied_below:
+            chosen = samples.popleft()[0]
+        if chosen is None or (self.settled_through is not None and chosen <= self.settled_through):
+            return
+        async with self._changed:
+            self.settled_through = chosen
+            self._changed.notify_all()
+        await conn.execute(
+            "UPDATE projections SET settled_through = $3 WHERE name = $1 AND version = $2",
+            version.name,
+            version.version,
+            chosen,
+        )
 
     async def _idle(self) -> None:
         self._wake.clear()
@@ -361,6 +404,16 @@ class Runner:
         async with self._changed:
             self.position = position
             self._changed.notify_all()
+
+    async def wait_settled(self, instant: datetime, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Return once every event recorded up to `instant` is applied (`settled_through`
+        past it)."""
+
+        def past() -> bool:
+            return self.settled_through is not None and self.settled_through > instant
+
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(past)
 
     async def wait_for(self, position: Position, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Return once every event up to `position` (in commit order) has been applied."""

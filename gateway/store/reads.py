@@ -7,6 +7,8 @@ known here only.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -30,12 +32,94 @@ LIMIT $3
 """
 
 
-async def read_after(conn: Executor, after: Position, limit: int) -> list[asyncpg.Record]:
-    """Up to `limit` events after `after`, in reading order (rows for `row_to_event`)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        READ_AFTER, str(after.tx_id), after.global_position, limit
-    )
+class NotSettled(Exception):
+    """An instant of the log that cannot be served yet (or at all): events recorded before it
+    may still commit, or it is later than the database's clock."""
+
+
+async def clock(conn: Executor) -> datetime:
+    """The database's clock, the one `recorded_at` is read from."""
+    now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return now
+
+
+async def next_xid(conn: Executor) -> int:
+    """A transaction id above every one assigned so far: the id of a transaction of its own,
+    made and ended here (a snapshot's xmax is not that: it is one past the latest *completed*
+    transaction, and running ones may be above it). A statement of its own, after any clock
+    reading it is paired with; `conn` must not be inside a transaction."""
+    return int(await conn.fetchval("SELECT pg_current_xact_id()::text"))
+
+
+async def oldest_open_xid(conn: Executor) -> int:
+    """The id of the oldest transaction still running (or the next id, if none is)."""
+    return int(await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
+
+
+async def settle(conn: Executor, until: datetime, *, timeout: float) -> None:  # noqa: ASYNC109
+    """Return once no event recorded before `until` can still commit: every such event is
+    visible to a snapshot taken afterwards, so a window of the log ending at `until`, read then,
+    is final.
+
+    An event is stamped (`clock_timestamp()`) after its transaction has an id (migration 0008),
+    so one stamped before `until` belongs to a transaction that had an id before the clock read
+    here, hence below an id taken after it; once the oldest running transaction is past that
+    id, all of them have ended. Raises NotSettled if `until` is later than the database's
+    clock, or if a transaction stays open beyond `timeout` seconds. `conn` must not be inside a
+    repeatable-read transaction (its snapshot would never move)."""
+    now = await clock(conn)
+    if until > now:
+        raise NotSettled(f"{until.isoformat()} is later than the database's clock ({now})")
+    bound = await next_xid(conn)
+    deadline = time.monotonic() + timeout
+    wait = 0.01
+    while await oldest_open_xid(conn) < bound:
+        if time.monotonic() > deadline:
+            raise NotSettled(
+                f"the log is not settled up to {until.isoformat()}: a transaction open for "
+                f"more than {timeout:g} s may still commit events recorded before it"
+            )
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, 0.25)
+
+
+# As READ_AFTER, below a horizon read beforehand (`oldest_open_xid`): the reader then knows
+# that, if fewer than the limit come back, every event below that horizon has been read.
+READ_BELOW = """
+SELECT global_position, tx_id::text, recorded_at, stream_id, stream_version, event_id,
+       event_type, schema_version, payload::text, metadata::text
+FROM events
+WHERE (tx_id, global_position) > ($1::text::xid8, $2::bigint)
+  AND tx_id < $4::text::xid8
+ORDER BY events.tx_id, global_position
+LIMIT $3
+"""
+
+
+async def read_after(
+    conn: Executor, after: Position, limit: int, *, below: int | None = None
+) -> list[asyncpg.Record]:
+    """Up to `limit` events after `after`, in reading order (rows for `row_to_event`), below
+    the commit-safe horizon: this statement's own, or `below` (an `oldest_open_xid` read
+    earlier, which is commit-safe for ever after)."""
+    if below is None:
+        rows: list[asyncpg.Record] = await conn.fetch(
+            READ_AFTER, str(after.tx_id), after.global_position, limit
+        )
+    else:
+        rows = await conn.fetch(
+            READ_BELOW, str(after.tx_id), after.global_position, limit, str(below)
+        )
     return rows
+
+
+async def clock_and_next_xid(conn: Executor) -> tuple[datetime, int]:
+    """(t, x): the database's clock, then an id above every transaction id assigned before t
+    (one statement: its target list is computed in order, the clock first). Every event
+    recorded before t belongs to a transaction whose id is below x. Consumes a transaction id;
+    `conn` must not be inside a transaction."""
+    row = await conn.fetchrow("SELECT clock_timestamp(), pg_current_xact_id()::text")
+    return row[0], int(row[1])
 
 
 async def head(conn: Executor) -> Position:

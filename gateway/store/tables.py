@@ -38,8 +38,12 @@ events = sa.Table(
     metadata,
     sa.Column("global_position", sa.BigInteger, sa.Identity(always=True), primary_key=True),
     sa.Column("tx_id", Xid8(), nullable=False, server_default=sa.text("pg_current_xact_id()")),
+    # Read when the row is built, after the stream locks and after `tx_id` (migration 0008).
     sa.Column(
-        "recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        "recorded_at",
+        sa.DateTime(timezone=True),
+        nullable=False,
+        server_default=sa.text("clock_timestamp()"),
     ),
     sa.Column("stream_id", sa.Text, nullable=False),
     sa.Column("stream_version", sa.BigInteger, nullable=False),
@@ -162,6 +166,8 @@ projections = sa.Table(
     sa.Column("tx_id", Xid8(), nullable=False, server_default=sa.text("'0'::xid8")),
     sa.Column("global_position", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Column("last_recorded_at", sa.DateTime(timezone=True), nullable=True),
+    # Every event recorded before this instant is applied (migration 0008).
+    sa.Column("settled_through", sa.DateTime(timezone=True), nullable=True),
     sa.Column("events_applied", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     # What stopped the projector, and at which event (migration 0007); null while it runs.
     sa.Column("failure", sa.Text, nullable=True),

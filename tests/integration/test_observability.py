@@ -59,6 +59,14 @@ async def test_one_scrape_sees_every_worker_and_logs_are_json(db_url: str, tmp_p
                 connector=connector, timeout=aiohttp.ClientTimeout(total=10)
             ) as http:
                 await until(lambda: all_ready(http, [url]), "the workers to be ready", 60)
+
+                async def both_up() -> bool:
+                    # Each worker publishes its pool's size once started: two pools, two workers.
+                    async with http.get(metrics_url) as r:
+                        text = await r.text()
+                    return sample(text, "segue_pool_connections", state="max") == 20
+
+                await until(both_up, "both workers to be up", 60)
                 for _ in range(REQUESTS):
                     async with http.get(url + "/healthz") as r:
                         assert r.status == 200

@@ -46,6 +46,7 @@ from gateway.projections.runner import (
     status,
 )
 from gateway.store.api import Position
+from gateway.store.reads import NotSettled
 from tests.integration.projection_helpers import (
     Timed,
     Written,
@@ -517,6 +518,8 @@ async def test_time_travel_at_several_instants_equals_truncated_rebuilds(
             await write_concurrently(db_url, wave, SEED + 10 * n, written, store_writers=1)
         instants.append(await conn.fetchval("SELECT clock_timestamp()"))
         await runner.wait_for(await log_end(conn), timeout=30)
+        # Time travel answers only instants the projection is settled past.
+        await runner.wait_settled(instants[-1], timeout=30)
         alive(tasks)
     assert runner.version is not None
     live = runner.version.schema
@@ -570,6 +573,67 @@ async def test_time_travel_at_several_instants_equals_truncated_rebuilds(
             want.positions,
         )
         assert got.long_term.estimate == pytest.approx(want.long_term.estimate, rel=1e-9)
+
+
+async def test_time_travel_to_an_instant_taken_with_a_commit_in_flight_equals_a_rebuild(
+    db_url: str, conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """An outcome stamped before the instant whose transaction commits after it, and after
+    later traffic: time travel to the instant waits for it and counts it, as a rebuild of the
+    events recorded up to the instant does (issue 12 part 2; decisions §83)."""
+    world = make_world(SEED + 5, days_ago(40), items=6, users=8, shows=2)
+    sequences = traffic(world, recommendations=60, organic_outcomes=20, changes=0, days=10)
+    written = Written()
+    runner = Runner(db_url, REWARDS, batch_size=20, poll_seconds=0.01)
+    item = world.items[0]
+    late_outcome = OutcomeRecorded(
+        event_id=UUID(int=SEED),
+        user="listener-late",
+        item_id=item,
+        kind=K.SAVE,
+        occurred_at=days_ago(1),
+    )
+    async with running(runner) as tasks:
+        await write_concurrently(db_url, [[catalogue(world)]], SEED, written, raw_writers=0)
+        await write_concurrently(db_url, sequences[::2], SEED + 1, written, store_writers=1)
+        late = await asyncpg.connect(db_url)
+        try:
+            await late.execute("BEGIN")
+            await raw_insert(late, new_events([late_outcome]), late_outcome.stream_id())
+            instant = await conn.fetchval("SELECT clock_timestamp()")
+            # Traffic after the instant commits before the late outcome does.
+            await write_concurrently(db_url, sequences[1::2], SEED + 2, written, store_writers=1)
+            reader = RewardsReader(pool, LiveVersions(pool), settle_seconds=0.5)
+            with pytest.raises(NotSettled):
+                await reader.item(item, instant, current=False)
+            await late.execute("COMMIT")
+        finally:
+            await late.close()
+        await runner.wait_settled(instant, timeout=30)
+        alive(tasks)
+    assert runner.version is not None
+    log = await committed_events(conn)
+    recorded = {e.event_id: at for _, at, e in log if isinstance(e, OutcomeRecorded)}
+    assert recorded[late_outcome.event_id] < instant  # stamped before, committed after
+    upto = [(at, e) for _, at, e in log if at <= instant]
+    _, changes = fold_all(upto)
+    got = await RewardsReader(pool, LiveVersions(pool)).item(item, instant, current=False)
+    assert got is not None
+    want = expected_item(changes, item, instant)
+    assert got.total == want.total
+    assert got.total.outcomes.get("save", 0) >= 1
+    truncated = await create_version(conn, REWARDS, DEFAULT, "building")
+    async with conn.transaction():
+        await REWARDS.apply(conn, truncated.schema, upto, DEFAULT)
+    for table in TIME_KEYED:
+        as_of = await conn.fetch(
+            f"SELECT r::text FROM {q(runner.version.schema)}.{table} r WHERE at <= $1 ORDER BY 1",
+            instant,
+        )
+        rebuilt = await conn.fetch(
+            f"SELECT r::text FROM {q(truncated.schema)}.{table} r ORDER BY 1"
+        )
+        assert [r[0] for r in as_of] == [r[0] for r in rebuilt], table
 
 
 def _prior_is_fitted(changes: RewardChanges, t: datetime) -> bool:
@@ -736,6 +800,8 @@ async def test_attribution_rules_end_to_end(
     runner = Runner(db_url, REWARDS, batch_size=3, poll_seconds=0.01)
     async with running(runner) as tasks:
         await runner.wait_for(await log_end(conn), timeout=10)
+        now = await conn.fetchval("SELECT clock_timestamp()")
+        await runner.wait_settled(now)
         alive(tasks)
     assert runner.version is not None
     s = q(runner.version.schema)
@@ -753,7 +819,6 @@ async def test_attribution_rules_end_to_end(
     assert [tuple(r) for r in lt] == [("ep-1", D0, d, 1) for d in (3, 5, 60)]
 
     reader = RewardsReader(pool, LiveVersions(pool))
-    now = await conn.fetchval("SELECT clock_timestamp()")
     ep1 = await reader.item("ep-1", now, current=False)
     tr1 = await reader.item("tr-1", now, current=False)
     ep2 = await reader.item("ep-2", now, current=False)
