@@ -5,7 +5,8 @@ values and their geometry, not just that something was drawn), then a projection
 rebuilt through their buttons and confirmations until the page shows the new versions.
 
 The browser is driven from a thread (selenium blocks) while the test's event loop serves it.
-Skipped where Chromium or its driver is not installed; CI installs both (.ci/run).
+Skipped where Chromium or its driver is not installed, failed so under CI, which installs both
+(.ci/run; tests/needs.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from gateway.http.auth import Scope, create_key
 from gateway.serving.requests import OutcomesIn
 from gateway.settings import Settings
 from tests.integration.projection_helpers import log_end
+from tests.needs import require
 
 CHROMIUM = shutil.which("chromium")
 DRIVER = shutil.which("chromedriver")
@@ -47,9 +49,6 @@ DRIVER = shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(
-        CHROMIUM is None or DRIVER is None, reason="needs chromium and chromedriver installed"
-    ),
 ]
 
 ITEMS, USERS, DAYS, PER_DAY = 80, 12, 5, 4
@@ -74,6 +73,7 @@ def chromium() -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    require("chromium", "chromedriver", why="Debian's chromium and chromium-driver")
     assert CHROMIUM is not None
     assert DRIVER is not None
     with tempfile.TemporaryDirectory(prefix="segue-chromium-") as profile:
