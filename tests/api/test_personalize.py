@@ -12,9 +12,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -28,8 +32,9 @@ from click.testing import CliRunner
 
 from gateway.cli.main import main
 from gateway.http.auth import Scope, create_key
-from tests.api.conftest import Api, connected, serving
+from tests.api.conftest import Api, connected, projections_caught_up, serving
 
+ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS_KEY = base64.b64encode(b"k" * 32).decode()
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -237,3 +242,289 @@ async def test_recommend_then_track_through_the_sdk(db_url: str, sdk: Sdk) -> No
     assert next(o for o in outcomes if o["kind"] == "stream_start")["value"] == 42.5
     # The listener is a pseudonym in the log, as on the /v1 routes.
     assert all(o["user"] != "listener-1" for o in outcomes)
+
+    # Ranking the caller's list: GetPersonalizedRanking's inputList is the candidates; an item
+    # the catalogue does not hold is left out.
+    ranked = await call(
+        sdk.runtime.get_personalized_ranking,
+        campaignArn=RANKING,
+        userId="listener-1",
+        inputList=[*TRACKS[:4], "not-in-the-catalogue"],
+        context={"DEVICE": "phone"},
+    )
+    order = [i["itemId"] for i in ranked["personalizedRanking"]]
+    assert sorted(order) == sorted(TRACKS[:4])
+    ranking = (await events_of(db_url, "RecommendationServed"))[-1]
+    assert ranking["recommendation_id"] == ranked["recommendationId"]
+    assert ranking["surface"] == "search"
+    assert ranking["context"] == {"DEVICE": "phone"}
+    assert ranking["request"]["candidates"] == [*TRACKS[:4], "not-in-the-catalogue"]
+
+    before = len(await events_of(db_url, "OutcomeRecorded"))
+    late = {
+        "eventType": "like",
+        "itemId": order[0],
+        "recommendationId": ranked["recommendationId"],
+        "sentAt": datetime(2026, 12, 1, 12, tzinfo=UTC),
+    }
+    track = {"trackingId": "tracker-1", "userId": "listener-1", "sessionId": "session-2"}
+    await call(sdk.events.put_events, **track, eventList=[late])
+    # The SDK's retry of the same call (no eventId) is a duplicate, not a second like.
+    await call(sdk.events.put_events, **track, eventList=[late])
+    # Anonymous: the session is the listener. A recommendation id Personalize issued before
+    # the switch attributes nothing, and is not refused.
+    await call(
+        sdk.events.put_events,
+        trackingId="tracker-1",
+        sessionId="anonymous-session",
+        eventList=[
+            {
+                "eventType": "stream_30s",
+                "itemId": TRACKS[6],
+                "recommendationId": "RID-from-personalize",
+                "sentAt": datetime.now(UTC),
+            }
+        ],
+    )
+    outcomes = await events_of(db_url, "OutcomeRecorded")
+    assert len(outcomes) == before + 2
+    like, anonymous = outcomes[-2:]
+    assert like["kind"] == "like"
+    assert like["recommendation_id"] == ranked["recommendationId"]
+    assert like["occurred_at"].startswith("2026-12-01T12:00:00")
+    assert anonymous["recommendation_id"] is None
+    assert anonymous["user"] not in {o["user"] for o in outcomes[:-1]}
+
+    # PutUsers is acknowledged and changes nothing (docs/decisions.md NN).
+    async with connected(db_url) as conn:
+        count = await conn.fetchval("SELECT count(*) FROM events")
+    await call(
+        sdk.events.put_users,
+        datasetArn=USERS_DATASET,
+        users=[{"userId": "listener-1", "properties": json.dumps({"age": "30"})}],
+    )
+    async with connected(db_url) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM events") == count
+
+
+async def test_what_the_sdk_did_is_projected_and_evaluated(
+    db_url: str, sdk: Sdk, admin: Api, tmp_path: Path
+) -> None:
+    await put_catalogue(sdk)
+    clicked: list[str] = []
+    for n in range(6):
+        got = await call(
+            sdk.runtime.get_recommendations,
+            recommenderArn=arn("recommender", "home"),
+            userId=f"listener-{n}",
+            numResults=3,
+        )
+        top = got["itemList"][0]["itemId"]
+        clicked.append(top)
+        await call(
+            sdk.events.put_events,
+            trackingId="tracker-1",
+            userId=f"listener-{n}",
+            sessionId=f"session-{n}",
+            eventList=[
+                {
+                    "eventId": f"click-{n}",
+                    "eventType": "CLICK",
+                    "itemId": top,
+                    "recommendationId": got["recommendationId"],
+                    "sentAt": datetime.now(UTC),
+                }
+            ],
+        )
+    await projections_caught_up(admin)
+    item = clicked[0]
+    rewards = (await admin.get(f"/v1/items/{item}/rewards")).json()
+    assert rewards["outcomes"]["click"] == clicked.count(item)
+    assert rewards["by_surface"]["home"]["outcomes"]["click"] == clicked.count(item)
+    assert rewards["served"] >= clicked.count(item)
+
+    # `segue evaluate`, in a process of its own, on the log the SDK wrote.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        *("evaluate", "--target", "uniform", "--reward", "click", "--surface", "home", "--json"),
+        env={
+            **os.environ,
+            "SEGUE_DATABASE_URL": db_url,
+            "SEGUE_DATA_DIR": str(tmp_path),
+            "PYTHONPATH": str(ROOT),
+        },
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out)
+    assert result["slates"] == 6
+    assert result["logged"]["estimate"] > 0  # every slate's top item was clicked
+
+
+# --- what the SDK raises ----------------------------------------------------------------------
+
+
+async def test_signature_failures_are_the_errors_the_sdk_expects(
+    gateway: str, key: tuple[str, str], sdk: Sdk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_id, secret = key
+    ask = {"campaignArn": CAMPAIGN, "userId": "listener-1", "numResults": 2}
+
+    wrong_secret = clients(gateway, key_id, secret[:-1] + ("x" if secret[-1] != "x" else "y"))
+    exc = await error_of(wrong_secret.runtime.get_recommendations, **ask)
+    assert code(exc) == "InvalidSignatureException"
+    assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+    wrong_region = clients(gateway, key_id, secret, region="eu-west-1")
+    exc = await error_of(wrong_region.runtime.get_recommendations, **ask)
+    assert code(exc) == "InvalidSignatureException"
+    assert "region" in str(exc)
+
+    # The SDK's own signer, told to sign for another service.
+    other_service = clients(gateway, key_id, secret)
+
+    def sign_as_dynamodb(request: Any, **_: Any) -> None:
+        request.context.setdefault("signing", {})["signing_name"] = "dynamodb"
+
+    other_service.runtime.meta.events.register("before-sign", sign_as_dynamodb)
+    exc = await error_of(other_service.runtime.get_recommendations, **ask)
+    assert code(exc) == "InvalidSignatureException"
+    assert "service" in str(exc)
+
+    unknown = clients(gateway, "SGAKAAAAAAAAAAAAAAAA", secret)
+    exc = await error_of(unknown.runtime.get_recommendations, **ask)
+    assert code(exc) == "UnrecognizedClientException"
+
+    unsigned = clients(gateway, key_id, secret, signature_version=botocore.UNSIGNED)
+    exc = await error_of(
+        unsigned.events.put_users, datasetArn=USERS_DATASET, users=[{"userId": "u"}]
+    )
+    assert code(exc) == "MissingAuthenticationTokenException"
+
+    # Signed 20 minutes ago by the SDK's clock: past the 15 minutes allowed.
+    stale = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=20)
+    with monkeypatch.context() as m:
+        m.setattr(botocore.auth, "get_current_datetime", lambda: stale)
+        exc = await error_of(sdk.runtime.get_recommendations, **ask)
+    assert code(exc) == "InvalidSignatureException"
+    assert "expired" in str(exc)
+
+    # And the same client, on time, is answered.
+    assert "recommendationId" in await call(sdk.runtime.get_recommendations, **ask)
+
+
+async def test_keys_scopes_and_revocation(db_url: str, gateway: str) -> None:
+    # The CLI runs its own event loop: in a thread, beside the gateway's.
+    key_id, secret = await asyncio.to_thread(aws_key, db_url, "recommend")
+    recommend_only = clients(gateway, key_id, secret)
+    exc = await error_of(
+        recommend_only.events.put_items,
+        datasetArn=ITEMS_DATASET,
+        items=[{"itemId": "x"}],
+    )
+    assert code(exc) == "AccessDeniedException"
+    ask = {"campaignArn": CAMPAIGN, "userId": "listener-1"}
+    assert (await call(recommend_only.runtime.get_recommendations, **ask))["itemList"] == []
+
+    listed = await asyncio.to_thread(segue_cli, db_url, "keys", "list")
+    assert key_id in listed
+    await asyncio.to_thread(segue_cli, db_url, "keys", "revoke", key_id)
+    exc = await error_of(recommend_only.runtime.get_recommendations, **ask)
+    assert code(exc) == "UnrecognizedClientException"
+
+    # Without SEGUE_CREDENTIALS_KEY no AWS key can be made.
+    result = CliRunner().invoke(
+        main,
+        ["keys", "create", "--aws", "--name", "x", "--scopes", "recommend"],
+        env={"SEGUE_DATABASE_URL": db_url, "SEGUE_CREDENTIALS_KEY": ""},
+    )
+    assert result.exit_code != 0
+    assert "SEGUE_CREDENTIALS_KEY" in result.output
+
+
+async def test_secrets_are_stored_sealed(db_url: str, key: tuple[str, str]) -> None:
+    key_id, secret = key
+    async with connected(db_url) as conn:
+        row = await conn.fetchrow(
+            "SELECT key_hash, aws_secret FROM api_keys WHERE key_id = $1", key_id
+        )
+    assert row is not None
+    assert row["key_hash"] is None
+    assert secret.encode() not in bytes(row["aws_secret"])
+
+
+async def test_requests_the_gateway_refuses_as_personalize_would(sdk: Sdk) -> None:
+    await put_catalogue(sdk)
+    exc = await error_of(
+        sdk.runtime.get_recommendations,
+        campaignArn=arn("campaign", "no-such-campaign"),
+        userId="listener-1",
+    )
+    assert code(exc) == "ResourceNotFoundException"
+    assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+    refusals: list[tuple[Callable[..., Any], dict[str, Any], str]] = [
+        (sdk.runtime.get_recommendations, {"campaignArn": CAMPAIGN}, "userId"),
+        (
+            sdk.runtime.get_recommendations,
+            {"campaignArn": CAMPAIGN, "userId": "u", "filterArn": arn("filter", "f")},
+            "filterArn",
+        ),
+        (
+            sdk.runtime.get_recommendations,
+            {"campaignArn": CAMPAIGN, "userId": "u", "numResults": 501},
+            "numResults",
+        ),
+        (
+            sdk.runtime.get_recommendations,
+            {"campaignArn": "not-an-arn", "userId": "u"},
+            "campaignArn",
+        ),
+        (
+            sdk.runtime.get_personalized_ranking,
+            {"campaignArn": RANKING, "userId": "u", "inputList": [f"i{n}" for n in range(101)]},
+            "inputList",
+        ),
+        (
+            sdk.events.put_events,
+            {
+                "trackingId": "t",
+                "sessionId": "s",
+                "eventList": [
+                    {"eventType": "purchase", "itemId": TRACKS[0], "sentAt": datetime.now(UTC)}
+                ],
+            },
+            "eventList[0].eventType",
+        ),
+        (
+            sdk.events.put_events,
+            {
+                "trackingId": "t",
+                "sessionId": "s",
+                "eventList": [
+                    {
+                        "eventType": "click",
+                        "itemId": TRACKS[0],
+                        "recommendationId": str(uuid.uuid4()),
+                        "sentAt": datetime.now(UTC),
+                    }
+                ],
+            },
+            "eventList[0].itemId",
+        ),
+        (
+            sdk.events.put_items,
+            {"datasetArn": ITEMS_DATASET, "items": [{"itemId": "x", "properties": "[1]"}]},
+            "items[0].properties",
+        ),
+    ]
+    for fn, kwargs, named in refusals:
+        exc = await error_of(fn, **kwargs)
+        assert code(exc) == "InvalidInputException", (kwargs, exc)
+        assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+        assert named in str(exc), (named, str(exc))
