@@ -114,7 +114,7 @@ def canonical_query(raw_query: str) -> str:
         pairs.append(
             (
                 quote(unquote(name), safe="-_.~"),
-                quote(unquote(value.replace("+", " ")), safe="-_.~"),
+                quote(unquote(value), safe="-_.~"),
             )
         )
     return "&".join(f"{k}={v}" for k, v in sorted(pairs))
