@@ -37,7 +37,7 @@ def signed(
 
 
 def parts(request: AWSRequest) -> dict[str, Any]:
-    url = urlsplit(request.url)
+    url = urlsplit(str(request.url))
     headers: dict[str, list[str]] = {"host": [url.netloc]}
     for name, value in request.headers.items():
         headers.setdefault(name.lower(), []).append(value)
