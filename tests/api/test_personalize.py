@@ -9,10 +9,12 @@ boto3 is synchronous: its calls run in a thread, while the gateway answers on th
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,6 +33,7 @@ from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 from gateway.cli.main import main
+from gateway.http import personalize
 from gateway.http.auth import Scope, create_key
 from tests.api.conftest import Api, connected, projections_caught_up, serving
 
@@ -528,3 +531,99 @@ async def test_requests_the_gateway_refuses_as_personalize_would(sdk: Sdk) -> No
         assert code(exc) == "InvalidInputException", (kwargs, exc)
         assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 400
         assert named in str(exc), (named, str(exc))
+
+
+# --- the migration guide ----------------------------------------------------------------------
+
+GUIDE = ROOT / "docs" / "personalize.md"
+
+
+def guide_samples() -> dict[str, str]:
+    found = re.findall(r"<!-- sample: (\w+) -->\n```python\n(.*?)```", GUIDE.read_text(), re.S)
+    return dict(found)
+
+
+async def run_sample(code: str, env: dict[str, str]) -> tuple[str, list[str]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    rid, shown = out.decode().strip().split(" ", 1)
+    return rid, ast.literal_eval(shown)
+
+
+async def test_the_migration_guide_samples_run(
+    db_url: str, gateway: str, key: tuple[str, str], tmp_path: Path
+) -> None:
+    """Both programs of docs/personalize.md, as printed there: the one written for Amazon
+    Personalize, pointed at the gateway by its environment only, and the one that names the
+    endpoint and a profile holding the lines `segue keys create --aws` printed."""
+    samples = guide_samples()
+    assert set(samples) == {"before", "after"}
+    key_id, secret = key
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        f"[segue]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
+    )
+    # No AWS settings of this machine's: only what each sample is given.
+    clean = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+    }
+    before = await run_sample(
+        samples["before"],
+        {
+            **clean,
+            "AWS_ENDPOINT_URL": gateway,
+            "AWS_ACCESS_KEY_ID": key_id,
+            "AWS_SECRET_ACCESS_KEY": secret,
+        },
+    )
+    placeholder = 'SEGUE = "http://127.0.0.1:8080"'
+    assert placeholder in samples["after"]
+    after = await run_sample(samples["after"].replace(placeholder, f'SEGUE = "{gateway}"'), clean)
+
+    served = {s["recommendation_id"]: s for s in await events_of(db_url, "RecommendationServed")}
+    outcomes = await events_of(db_url, "OutcomeRecorded")
+    for rid, shown in (before, after):
+        assert [s["item_id"] for s in served[rid]["slate"]] == shown
+        assert served[rid]["surface"] == "home"
+        mine = sorted((o["kind"], o["item_id"]) for o in outcomes if o["recommendation_id"] == rid)
+        assert mine == sorted([("click", shown[0])] + [("impression", s) for s in shown])
+    # 3 calls each, made in the samples' own processes.
+    CALLS.made += ["PutItems", "GetRecommendations", "PutEvents"] * 2
+
+
+@pytest.mark.parametrize("route", personalize.ROUTES, ids=lambda r: r.operation)
+async def test_every_route_needs_a_signature(gateway: str, route: personalize.Route) -> None:
+    """Unsigned, or with a bearer key: refused before the body is looked at."""
+    async with ClientSession(timeout=ClientTimeout(total=30)) as session:
+        for headers, want in (
+            ({}, "MissingAuthenticationTokenException"),
+            ({"Authorization": "Bearer sk_x_y"}, "IncompleteSignatureException"),
+        ):
+            async with session.request(
+                route.method, gateway + route.path, data=b"{}", headers=headers
+            ) as resp:
+                assert resp.headers["x-amzn-ErrorType"] == want
+                assert resp.status in (400, 403)
+                assert isinstance((await resp.json())["message"], str)
+
+
+async def test_a_gateway_with_another_credentials_key_cannot_verify(
+    db_url: str, key: tuple[str, str]
+) -> None:
+    other = base64.b64encode(b"o" * 32).decode()
+    async with serving(db_url, **{**GATEWAY_SETTINGS, "credentials_key": other}) as url:
+        sdk = clients(url, *key)
+        exc = await error_of(sdk.runtime.get_recommendations, campaignArn=CAMPAIGN, userId="u")
+    assert code(exc) == "InternalFailure"
+    assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 500
