@@ -31,6 +31,7 @@ from domain.events import ItemUpserted, OutcomeKind
 from gateway.http.appkeys import CATALOG, CLOCK, LIMITER, OUTCOMES, POOL, RECOMMENDER, SETTINGS
 from gateway.http.auth import CURRENT_KEY, ApiKey, Scope
 from gateway.http.awskeys import AwsKeys, CredentialsKeyError
+from gateway.http.middleware import REQUEST_ID_KEY
 from gateway.http.problems import UNAVAILABLE
 from gateway.http.sigv4 import SignatureError, check_date, check_scope, parse_authorization, verify
 from gateway.serving.erasure import mention
@@ -98,8 +99,10 @@ def _json(body: dict[str, Any] | None) -> web.Response:
 # --- authentication -------------------------------------------------------------------------
 
 
-async def authenticate(request: web.Request, body: bytes, scope: Scope) -> ApiKey:
-    """The key that signed this request, with `scope`; raises what AWS would answer."""
+async def authenticate(request: web.Request, scope: Scope) -> tuple[ApiKey, bytes]:
+    """The key that signed this request, with `scope`, and the body; raises what AWS would
+    answer. The body is read only once the key is known: a caller without one costs no read of
+    up to SEGUE_MAX_BODY_BYTES."""
     credential = parse_authorization(request.headers.getall("Authorization", []))
     settings = request.app[SETTINGS]
     check_scope(credential, region=settings.aws_region, service=SIGNING_NAME)
@@ -115,15 +118,19 @@ async def authenticate(request: web.Request, body: bytes, scope: Scope) -> ApiKe
             "UnrecognizedClientException", "the access key id is unknown or revoked"
         )
     key, secret = found
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise AwsError("InvalidInputException", "the request body is too large", 413) from None
     headers: dict[str, list[str]] = {}
     for name, value in request.headers.items():
         headers.setdefault(name.lower(), []).append(value)
-    query = request.raw_path.partition("?")[2]
+    path, _, query = request.raw_path.partition("?")
     verify(
         credential,
         secret,
         method=request.method,
-        raw_path=request.raw_path.partition("?")[0],
+        raw_path=path,
         raw_query=query,
         headers=headers,
         amz_date=amz_date,
@@ -136,7 +143,7 @@ async def authenticate(request: web.Request, body: bytes, scope: Scope) -> ApiKe
         raise AwsError(
             "ThrottlingException", f"this key is over its rate limit; retry in {wait:.2f} s", 429
         )
-    return key
+    return key, body
 
 
 Operation = Callable[[web.Request, bytes], Awaitable[dict[str, Any] | None]]
@@ -146,34 +153,43 @@ def operation(scope: Scope, call: Operation) -> Callable[[web.Request], Awaitabl
     """A route: authenticate, run `call` on the body, answer every failure in AWS's form."""
 
     async def handle(request: web.Request) -> web.Response:
-        try:
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise invalid("the request body is too large") from None
-            CURRENT_KEY.set(await authenticate(request, body, scope))
-            return _json(await call(request, body))
-        except SignatureError as exc:
-            return _error(exc.code, exc.message, exc.status)
-        except AwsError as exc:
-            retry = {"Retry-After": "1"} if exc.status == 429 else None
-            return _error(exc.code, exc.message, exc.status, retry)
-        except Refused as exc:
-            where = f"{exc.field}: " if exc.field else ""
-            return _error("InvalidInputException", where + exc.detail, 400)
-        except CredentialsKeyError as exc:
-            log.error("cannot open an AWS key's secret: %s", exc)
-            return _error("InternalFailure", "the gateway cannot verify this key (logged)", 500)
-        except UNAVAILABLE as exc:
-            log.warning("database unavailable: %r", exc)
-            return _error(
-                "ServiceUnavailableException",
-                "the event store cannot be reached; retry later",
-                503,
-                {"Retry-After": "1"},
-            )
+        response = await _answer(request, scope, call)
+        # The SDK reports it as ResponseMetadata.RequestId: the same id as X-Request-Id, in the
+        # gateway's log lines and the metadata of the events the call appended.
+        response.headers["x-amzn-RequestId"] = request[REQUEST_ID_KEY]
+        return response
 
     return handle
+
+
+async def _answer(request: web.Request, scope: Scope, call: Operation) -> web.Response:
+    try:
+        key, body = await authenticate(request, scope)
+        CURRENT_KEY.set(key)
+        return _json(await call(request, body))
+    except SignatureError as exc:
+        return _error(exc.code, exc.message, exc.status)
+    except AwsError as exc:
+        retry = {"Retry-After": "1"} if exc.status == 429 else None
+        return _error(exc.code, exc.message, exc.status, retry)
+    except Refused as exc:
+        where = f"{exc.field}: " if exc.field else ""
+        return _error("InvalidInputException", where + exc.detail, 400)
+    except CredentialsKeyError as exc:
+        log.error("cannot open an AWS key's secret: %s", exc)
+        return _error("InternalFailure", "the gateway cannot verify this key (logged)", 500)
+    except UNAVAILABLE as exc:
+        log.warning("database unavailable: %r", exc)
+        return _error(
+            "ServiceUnavailableException",
+            "the event store cannot be reached; retry later",
+            503,
+            {"Retry-After": "1"},
+        )
+    except Exception:
+        # The route, not the path (as problem_middleware logs it).
+        log.exception("unhandled error in %s %s", request.method, request.match_info.route)
+        return _error("InternalFailure", "an unexpected error; it has been logged", 500)
 
 
 # --- bodies ---------------------------------------------------------------------------------
@@ -270,12 +286,17 @@ def parse(raw: bytes, model: type[M]) -> M:
         raise _validation(exc) from None
 
 
-def build(model: type[M], **fields: Any) -> M:
-    """A Segue request from translated fields; its refusals as InvalidInputException."""
+def build(model: type[M], names: dict[str, str], **fields: Any) -> M:
+    """A Segue request from translated fields; its refusals as InvalidInputException naming
+    the member of the AWS request (`names`: Segue field -> AWS member) the value came from."""
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        raise _validation(exc) from None
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        head = names.get(str(loc[0]), str(loc[0])) if loc else ""
+        where = head + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+        raise invalid(f"{where}: {first['msg']}" if where else str(first["msg"])) from None
 
 
 def properties(text: str | None, where: str) -> dict[str, Any]:
@@ -356,6 +377,7 @@ async def get_recommendations(request: web.Request, raw: bytes) -> dict[str, Any
         raise invalid(f"numResults: must be between 1 and {MAX_RESULTS}")
     req = build(
         RecommendationIn,
+        RUNTIME_NAMES,
         user_id=body.userId,
         surface=surface,
         n=min(n, MAX_SLATE),
@@ -374,6 +396,7 @@ async def get_personalized_ranking(request: web.Request, raw: bytes) -> dict[str
         raise invalid(f"inputList: Segue ranks at most {MAX_SLATE} distinct items")
     req = build(
         RecommendationIn,
+        RUNTIME_NAMES,
         user_id=body.userId,
         surface=surface,
         n=len(candidates),
@@ -434,7 +457,20 @@ def event_id(tracking_id: str, user_id: str, session_id: str, event: EventIn) ->
     return uuid.uuid5(EVENT_NAMESPACE, orjson.dumps(content).decode())
 
 
-_OUTCOME_FIELD = re.compile(r"outcomes\[(\d+)\](.*)")
+_OUTCOME_FIELD = re.compile(r"outcomes\[(\d+)\]\.(\w+)")
+RUNTIME_NAMES = {"user_id": "userId", "n": "numResults", "candidates": "inputList"}
+
+
+def event_names(where: str, item: str) -> dict[str, str]:
+    """An outcome's fields -> the members of the event it came from."""
+    return {
+        "event_id": f"{where}.eventId",
+        "user_id": "userId",
+        "item_id": item,
+        "value": f"{where}.eventValue",
+        "recommendation_id": f"{where}.recommendationId",
+        "occurred_at": f"{where}.sentAt",
+    }
 
 
 async def put_events(request: web.Request, raw: bytes) -> None:
@@ -442,8 +478,13 @@ async def put_events(request: web.Request, raw: bytes) -> None:
     settings = request.app[SETTINGS]
     # Personalize keys anonymous events by session; so does Segue, as the listener.
     user = body.userId or body.sessionId
-    outcomes: list[dict[str, Any]] = []
-    origin: list[str] = []
+    outcomes: list[OutcomeIn] = []
+    names: list[dict[str, str]] = []
+
+    def add(where: str, item: str, **fields: Any) -> None:
+        names.append(event_names(where, item))
+        outcomes.append(build(OutcomeIn, names[-1], user_id=user, **fields))
+
     for i, e in enumerate(body.eventList):
         where = f"eventList[{i}]"
         kind = event_kind(settings, e.eventType, f"{where}.eventType")
@@ -457,38 +498,38 @@ async def put_events(request: web.Request, raw: bytes) -> None:
         rid = recommendation(e.recommendationId)
         base = event_id(body.trackingId, user, body.sessionId, e)
         if e.itemId is not None:
-            outcomes.append(
-                {
-                    "event_id": base,
-                    "user_id": user,
-                    "item_id": e.itemId,
-                    "kind": kind,
-                    "recommendation_id": rid,
-                    "value": e.eventValue,
-                    "occurred_at": occurred,
-                }
+            add(
+                where,
+                f"{where}.itemId",
+                event_id=base,
+                item_id=e.itemId,
+                kind=kind,
+                recommendation_id=rid,
+                value=e.eventValue,
+                occurred_at=occurred,
             )
-            origin.append(f"{where}.itemId")
-        for k, item in enumerate(dict.fromkeys(e.impression or ())):
-            outcomes.append(
-                {
-                    "event_id": uuid.uuid5(EVENT_NAMESPACE, f"{base}/impression/{item}"),
-                    "user_id": user,
-                    "item_id": item,
-                    "kind": OutcomeKind.IMPRESSION,
-                    "recommendation_id": rid,
-                    "occurred_at": occurred,
-                }
+        seen: set[str] = set()
+        for k, item in enumerate(e.impression or ()):
+            if item in seen:
+                continue  # shown once, whatever the list repeats
+            seen.add(item)
+            add(
+                where,
+                f"{where}.impression[{k}]",
+                event_id=uuid.uuid5(EVENT_NAMESPACE, f"{base}/impression/{item}"),
+                item_id=item,
+                kind=OutcomeKind.IMPRESSION,
+                recommendation_id=rid,
+                occurred_at=occurred,
             )
-            origin.append(f"{where}.impression[{k}]")
-    batch = build(OutcomesIn, outcomes=[build(OutcomeIn, **o) for o in outcomes])
+    batch = build(OutcomesIn, {}, outcomes=outcomes)
     try:
         await request.app[OUTCOMES].record(batch)
     except Refused as exc:
-        # Name the member of the AWS request, not of the outcomes it became.
+        # Name the member of the AWS request, not the field of the outcome it became.
         match = _OUTCOME_FIELD.fullmatch(exc.field or "")
         if match is not None:
-            exc.field = origin[int(match[1])]
+            exc.field = names[int(match[1])].get(match[2], exc.field)
         raise
 
 
@@ -501,7 +542,17 @@ async def put_items(request: web.Request, raw: bytes) -> None:
         attributes = properties(it.properties, f"items[{i}].properties")
         named = attributes.get("kind")
         kind = ItemKind(named if named in set(ItemKind) else settings.personalize_item_kind)
-        checked = build(ItemIn, item_id=it.itemId, kind=kind, attributes=attributes)
+        checked = build(
+            ItemIn,
+            {
+                "item_id": f"items[{i}].itemId",
+                "kind": f"items[{i}].properties.kind",
+                "attributes": f"items[{i}].properties",
+            },
+            item_id=it.itemId,
+            kind=kind,
+            attributes=attributes,
+        )
         # A later put of the same item in one call wins, as it would in two calls.
         items[it.itemId] = ItemUpserted(
             item_id=checked.item_id, kind=checked.kind.value, attributes=dict(checked.attributes)

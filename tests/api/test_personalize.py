@@ -35,6 +35,7 @@ from click.testing import CliRunner
 from gateway.cli.main import main
 from gateway.http import personalize
 from gateway.http.auth import Scope, create_key
+from gateway.settings import Settings
 from tests.api.conftest import Api, connected, projections_caught_up, serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -471,8 +472,50 @@ async def test_requests_the_gateway_refuses_as_personalize_would(sdk: Sdk) -> No
     assert code(exc) == "ResourceNotFoundException"
     assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404
 
+    served = await call(
+        sdk.runtime.get_recommendations, campaignArn=CAMPAIGN, userId="u", numResults=2
+    )
+    rid, slate = served["recommendationId"], [i["itemId"] for i in served["itemList"]]
+    elsewhere = next(t for t in TRACKS if t not in slate)
+
+    def one_event(**event: Any) -> dict[str, Any]:
+        return {
+            "trackingId": "t",
+            "sessionId": "s",
+            "eventList": [{"eventType": "click", "sentAt": datetime.now(UTC), **event}],
+        }
+
     refusals: list[tuple[Callable[..., Any], dict[str, Any], str]] = [
         (sdk.runtime.get_recommendations, {"campaignArn": CAMPAIGN}, "userId"),
+        (sdk.runtime.get_recommendations, {"campaignArn": CAMPAIGN, "userId": "a\x00b"}, "userId"),
+        (
+            sdk.runtime.get_recommendations,
+            {"campaignArn": CAMPAIGN, "userId": "u", "context": {"owner": "u"}},
+            "context",
+        ),
+        (
+            sdk.events.put_events,
+            one_event(itemId=elsewhere, recommendationId=rid),
+            "eventList[0].itemId",
+        ),
+        (
+            sdk.events.put_events,
+            one_event(
+                itemId=slate[0], recommendationId=rid, impression=[slate[0], slate[0], elsewhere]
+            ),
+            "eventList[0].impression[2]",
+        ),
+        (
+            sdk.events.put_events,
+            one_event(itemId=slate[0], eventValue=-1.0),
+            "eventList[0].eventValue",
+        ),
+        (sdk.events.put_events, one_event(), "eventList[0]: an itemId or an impression"),
+        (
+            sdk.events.put_items,
+            {"datasetArn": ITEMS_DATASET, "items": [{"itemId": "x\x00"}]},
+            "items[0].itemId",
+        ),
         (
             sdk.runtime.get_recommendations,
             {"campaignArn": CAMPAIGN, "userId": "u", "filterArn": arn("filter", "f")},
@@ -518,7 +561,7 @@ async def test_requests_the_gateway_refuses_as_personalize_would(sdk: Sdk) -> No
                     }
                 ],
             },
-            "eventList[0].itemId",
+            "eventList[0].recommendationId",
         ),
         (
             sdk.events.put_items,
@@ -627,3 +670,25 @@ async def test_a_gateway_with_another_credentials_key_cannot_verify(
         exc = await error_of(sdk.runtime.get_recommendations, campaignArn=CAMPAIGN, userId="u")
     assert code(exc) == "InternalFailure"
     assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+
+
+async def test_throttled_calls_are_throttling_exceptions(db_url: str, key: tuple[str, str]) -> None:
+    async with serving(
+        db_url, **GATEWAY_SETTINGS, rate_limit_burst=1, rate_limit_per_second=0.01
+    ) as url:
+        sdk = clients(url, *key)
+        ask = {"campaignArn": CAMPAIGN, "userId": "u"}
+        first = await call(sdk.runtime.get_recommendations, **ask)
+        # The SDK names the call by the gateway's request id, as it does by AWS's.
+        meta = first["ResponseMetadata"]
+        assert meta["RequestId"] == meta["HTTPHeaders"]["x-request-id"]
+        exc = await error_of(sdk.runtime.get_recommendations, **ask)
+    assert code(exc) == "ThrottlingException"
+    assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+
+
+def test_a_mapping_to_no_surface_or_kind_stops_the_gateway_starting() -> None:
+    with pytest.raises(ValueError, match="unknown surface"):
+        personalize.check_settings(Settings(personalize_surfaces={"c": "nowhere"}))
+    with pytest.raises(ValueError, match="unknown kind"):
+        personalize.check_settings(Settings(personalize_item_kind="shirt"))
