@@ -89,12 +89,17 @@ def keys_list() -> None:
     if not rows:
         click.echo("no keys yet: `segue keys create --name NAME --scopes SCOPES`")
         return
-    click.echo(f"{'key id':<10} {'name':<20} {'scopes':<32} {'created (UTC)':<16}  state")
+    # AWS access key ids are 20 characters, bearer key ids 8.
+    width = max(10, *(len(r["key_id"]) for r in rows))
+    click.echo(f"{'key id':<{width}} {'name':<20} {'scopes':<32} {'created (UTC)':<16}  state")
     for r in rows:
         state = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "active"
+        if r["aws"]:
+            state += " (AWS key)"
         created = f"{r['created_at'].astimezone(UTC):%Y-%m-%d %H:%M}"
         click.echo(
-            f"{r['key_id']:<10} {r['name']:<20} {','.join(r['scopes']):<32} {created:<16}  {state}"
+            f"{r['key_id']:<{width}} {r['name']:<20} {','.join(r['scopes']):<32} {created:<16}  "
+            f"{state}"
         )
 
 

@@ -436,7 +436,7 @@ async def test_keys_scopes_and_revocation(db_url: str, gateway: str) -> None:
     assert (await call(recommend_only.runtime.get_recommendations, **ask))["itemList"] == []
 
     listed = await asyncio.to_thread(segue_cli, db_url, "keys", "list")
-    assert key_id in listed
+    assert "active (AWS key)" in next(line for line in listed.splitlines() if key_id in line)
     await asyncio.to_thread(segue_cli, db_url, "keys", "revoke", key_id)
     exc = await error_of(recommend_only.runtime.get_recommendations, **ask)
     assert code(exc) == "UnrecognizedClientException"
