@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import difflib
 import json
 import os
 import re
@@ -609,6 +610,14 @@ async def test_the_migration_guide_samples_run(
     endpoint and a profile holding the lines `segue keys create --aws` printed."""
     samples = guide_samples()
     assert set(samples) == {"before", "after"}
+    # The programs differ in how their clients are made, and in nothing else.
+    changed = [
+        line
+        for line in difflib.ndiff(samples["before"].splitlines(), samples["after"].splitlines())
+        if line[:2] in ("- ", "+ ")
+    ]
+    assert changed
+    assert all("client(" in line or "Session(" in line or "SEGUE =" in line for line in changed)
     key_id, secret = key
     credentials = tmp_path / "credentials"
     credentials.write_text(
