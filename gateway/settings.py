@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from domain.events import OutcomeKind
 from domain.ranking import PolicyParams
 
 _POLICY = PolicyParams()
@@ -136,6 +137,29 @@ class Settings(BaseSettings):
         default=0.25,
         description="How often each process shares its rate-limit spending with the others "
         "(0: every process limits alone)",
+    )
+    credentials_key: SecretStr | None = Field(
+        default=None,
+        description="32 random bytes, base64 (`segue keys seal-key` prints a new one): encrypts "
+        "the secret of every `segue keys create --aws` key in the database; every gateway "
+        "needs the one the keys were created with to verify their signatures",
+    )
+    aws_region: str = Field(
+        default="us-east-1",
+        description="The region AWS SDK clients of the Personalize-compatible routes sign for",
+    )
+    personalize_surfaces: dict[str, str] = Field(
+        default_factory=dict,
+        description="Personalize campaign or recommender names (the ARN's last part) -> the "
+        "Segue surface they serve; a name that is a surface needs no entry",
+    )
+    personalize_event_types: dict[str, OutcomeKind] = Field(
+        default_factory=dict,
+        description="PutEvents eventType -> outcome kind, beside the kinds' own names",
+    )
+    personalize_item_kind: str = Field(
+        default="track",
+        description="The kind of a PutItems item whose properties name none",
     )
     policy_optimism: Annotated[float, Field(ge=0)] = Field(
         default=_POLICY.optimism,

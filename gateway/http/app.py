@@ -13,7 +13,7 @@ import asyncpg
 from aiohttp import web
 
 from domain.embeddings import AlsParams
-from gateway.http import handlers, redaction
+from gateway.http import handlers, personalize, redaction
 from gateway.http.admin import admin_context
 from gateway.http.appkeys import (
     CATALOG,
@@ -275,4 +275,5 @@ def create_app(
         ]
     )
     setup_routes(app)
+    personalize.setup(app)
     return app

@@ -75,7 +75,8 @@ async def create_key(
 
 async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT key_id, name, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at"
+        "SELECT key_id, name, scopes, created_at, revoked_at, aws_secret IS NOT NULL AS aws "
+        "FROM api_keys ORDER BY created_at"
     )
 
 

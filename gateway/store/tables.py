@@ -107,12 +107,17 @@ api_keys = sa.Table(
     sa.Column("key_id", sa.Text, primary_key=True),
     sa.Column("name", sa.Text, nullable=False),
     # SHA-256 of the whole key: keys are 256-bit random, so a slow KDF would add nothing.
-    sa.Column("key_hash", sa.LargeBinary, nullable=False, unique=True),
+    sa.Column("key_hash", sa.LargeBinary, nullable=True, unique=True),
     sa.Column("scopes", pg.ARRAY(sa.Text), nullable=False),
     sa.Column(
         "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    # An AWS access key's secret, encrypted with SEGUE_CREDENTIALS_KEY: Signature Version 4 is
+    # verified by signing again, which takes the secret itself, so a hash cannot do
+    # (docs/decisions.md, "AWS keys"). Such a key's id is its access key id; it has no key_hash.
+    sa.Column("aws_secret", sa.LargeBinary, nullable=True),
+    sa.CheckConstraint("(key_hash IS NULL) <> (aws_secret IS NULL)", name="one_credential"),
 )
 
 # Each gateway process's running count of requests granted per API key, read by the others so
