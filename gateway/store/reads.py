@@ -206,3 +206,31 @@ def slates_and_attributed(conn: asyncpg.Connection, prefetch: int) -> Any:
         f"{_ATTRIBUTABLE} ORDER BY events.tx_id, events.global_position",
         prefetch=prefetch,
     )
+
+
+# --- for the Personalizer-compatible routes -------------------------------------------------
+
+
+async def served_between(
+    conn: Executor,
+    surface: str,
+    since: datetime,
+    until: datetime,
+    after_position: int,
+    limit: int,
+) -> list[tuple[int, int, str]]:
+    """(global position, schema version, payload as JSON text) of the slates served on
+    `surface` and recorded in [since, until), after `after_position`, in position order; at
+    most `limit` of them."""
+    rows = await conn.fetch(
+        "SELECT global_position, schema_version, payload::text FROM events "
+        "WHERE event_type = 'RecommendationServed' AND payload->>'surface' = $1 "
+        "AND recorded_at >= $2 AND recorded_at < $3 AND global_position > $4 "
+        "ORDER BY global_position LIMIT $5",
+        surface,
+        since,
+        until,
+        after_position,
+        limit,
+    )
+    return [(int(r[0]), int(r[1]), r[2]) for r in rows]
