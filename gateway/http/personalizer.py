@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,6 +42,8 @@ from gateway.serving.personalizer import (
     RewardIn,
 )
 from gateway.serving.requests import UserId
+
+log = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("personalizer", Personalizer)
 
@@ -135,9 +138,10 @@ def _guarded(handler: Handler, scope: Scope, *, versioned: bool) -> Handler:
                 version = request.query.get("api-version")
                 if version not in API_VERSIONS:
                     supported = ", ".join(sorted(API_VERSIONS))
+                    problem = "is required" if version is None else f"{version!r} is unknown"
                     raise PersonalizerError(
                         400 if version is None else 404,
-                        f"api-version {version!r} is not supported; use {supported}, or the "
+                        f"api-version {problem}: this gateway serves {supported} here, and the "
                         "versioned paths /personalizer/v1.0/ and /personalizer/v1.1-preview.3/",
                     )
             CURRENT_KEY.set(await _authenticated(request, scope))
@@ -146,9 +150,13 @@ def _guarded(handler: Handler, scope: Scope, *, versioned: bool) -> Handler:
             return exc.response()
         except (Refused, ProblemError) as exc:
             return _refusal(exc).response()
+        except ValidationError as exc:
+            # The context as a whole (features nested in it) over Segue's bounds on a context.
+            return _refusal(from_validation(exc)).response()
         except web.HTTPRequestEntityTooLarge:
             return PersonalizerError(413, "the request body is too large").response()
-        except UNAVAILABLE:
+        except UNAVAILABLE as exc:
+            log.warning("database unavailable: %r", exc)
             return PersonalizerError(
                 503,
                 "the event store cannot be reached; retry later (resending is safe)",

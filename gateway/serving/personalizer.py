@@ -41,7 +41,7 @@ from domain.events import (
 from domain.features import hashed_vector
 from domain.upcasting import decode
 from gateway.serving.catalog import Catalog
-from gateway.serving.errors import Refused
+from gateway.serving.errors import IdempotencyKeyReused, Refused
 from gateway.serving.items import KIND_CODES
 from gateway.serving.recommendations import Recommender, logged_slate
 from gateway.serving.requests import ItemId, ItemKind, JsonObject, RecommendationIn, Surface
@@ -72,6 +72,14 @@ class ActionIdTaken(Refused):
 
     code = "action-id-taken"
     title = "Action id taken"
+    status = 409
+
+
+class EventIdTaken(Refused):
+    """An event id a different rank was logged under."""
+
+    code = "event-id-taken"
+    title = "Event id taken"
     status = 409
 
 
@@ -256,9 +264,18 @@ class Personalizer:
             exclude=excluded,
             kinds=[ItemKind.ACTION],
         )
-        served = await self._recommender.recommend(
-            request, recommendation_id=recommendation_id(event_id), defer=bool(defer)
-        )
+        try:
+            served = await self._recommender.recommend(
+                request, recommendation_id=recommendation_id(event_id), defer=bool(defer)
+            )
+        except IdempotencyKeyReused:
+            # The same event id and body is a retry, answered with the logged slate; another
+            # body under it would make its reward ambiguous.
+            raise EventIdTaken(
+                f"event id {event_id!r} was used before by a different rank; a rank sent again "
+                "must be sent unchanged",
+                field="eventId",
+            ) from None
         return event_id, served
 
     async def _upsert(self, actions: Sequence[Action]) -> None:

@@ -352,12 +352,22 @@ async def test_errors_reach_the_sdk_in_personalizers_shape(
         with pytest.raises(HttpResponseError) as all_excluded:
             await client.rank(rank_request(excludedActions=[a["id"] for a in ARTICLES]))
         assert "excluded" in str(all_excluded.value.message)
+        deep: dict[str, Any] = {"x": 1}
+        for _ in range(7):
+            deep = {"x": deep}
+        with pytest.raises(HttpResponseError) as too_deep:
+            await client.rank({"contextFeatures": [deep], "actions": ARTICLES})
+        assert too_deep.value.status_code == 400
+        assert "nested" in str(too_deep.value.message)
         with pytest.raises(HttpResponseError) as twice:
             await client.rank({"actions": [ARTICLES[0], ARTICLES[0]]})
         assert twice.value.status_code == 400
         with pytest.raises(HttpResponseError) as reused:
             await client.rank(rank_request("e", excludedActions=["food"]))
-        assert reused.value.status_code == 400
+        assert reused.value.status_code == 409
+        assert reused.value.error is not None
+        assert reused.value.error.code == "Conflict"
+        assert "event id 'e' was used before" in str(reused.value.error.message)
     # An action id that names a catalogue item of another kind is not taken over.
     put = await gateway.api.put("/v1/items/tr-1", {"kind": "track"})
     assert put.status == 200, put.body
@@ -494,6 +504,12 @@ async def test_projections_and_segue_evaluate_see_the_rewards(
     assert result["logged"]["estimate"] == pytest.approx(sum(rewards.values()) / 48)
     for name in ("ipw", "snipw", "dm", "dr"):
         assert result[name]["estimate"] is not None
+    # Segue's own policy, re-run on each logged rank: among that rank's actions only.
+    current = segue_evaluate(
+        db_url, tmp_path, "--target", "current", "--reward", "reward", "--surface", "personalizer"
+    )
+    assert current["slates"] == 12
+    assert current["ipw"]["estimate"] is not None
 
 
 def sample(marker: str) -> str:
