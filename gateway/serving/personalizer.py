@@ -421,13 +421,11 @@ class Personalizer:
         """Give the default reward to every slot of the slates served in [since, until) that has
         none yet; returns how many were given. Slots rewarded in time keep theirs: the default is
         the same event, so it is a duplicate."""
-        after, given = 0, 0
+        after, given = (since, 0), 0
         while True:
-            rows = await reads.served_between(
-                conn, Surface.PERSONALIZER.value, since, until, after, batch
-            )
-            for position, version, payload in rows:
-                after = position
+            rows = await reads.served_between(conn, Surface.PERSONALIZER.value, after, until, batch)
+            for recorded_at, position, version, payload in rows:
+                after = (recorded_at, position)
                 served = decode(RecommendationServed.TYPE, version, orjson.loads(payload))
                 assert isinstance(served, RecommendationServed)
                 slots = slot_actions(served)

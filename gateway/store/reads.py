@@ -214,23 +214,24 @@ def slates_and_attributed(conn: asyncpg.Connection, prefetch: int) -> Any:
 async def served_between(
     conn: Executor,
     surface: str,
-    since: datetime,
+    after: tuple[datetime, int],
     until: datetime,
-    after_position: int,
     limit: int,
-) -> list[tuple[int, int, str]]:
-    """(global position, schema version, payload as JSON text) of the slates served on
-    `surface` and recorded in [since, until), after `after_position`, in position order; at
-    most `limit` of them."""
+) -> list[tuple[datetime, int, int, str]]:
+    """(recorded_at, global position, schema version, payload as JSON text) of the slates
+    served on `surface`, recorded after `after` (a recorded_at and a position: where the previous
+    page ended) and before `until`, in that order; at most `limit` of them. The plain bound on
+    `recorded_at` is what the events table's BRIN index serves; the row comparison pages."""
     rows = await conn.fetch(
-        "SELECT global_position, schema_version, payload::text FROM events "
+        "SELECT recorded_at, global_position, schema_version, payload::text FROM events "
         "WHERE event_type = 'RecommendationServed' AND payload->>'surface' = $1 "
-        "AND recorded_at >= $2 AND recorded_at < $3 AND global_position > $4 "
-        "ORDER BY global_position LIMIT $5",
+        "AND recorded_at >= $2 AND (recorded_at, global_position) > ($2, $3) "
+        "AND recorded_at < $4 "
+        "ORDER BY recorded_at, global_position LIMIT $5",
         surface,
-        since,
+        after[0],
+        after[1],
         until,
-        after_position,
         limit,
     )
-    return [(int(r[0]), int(r[1]), r[2]) for r in rows]
+    return [(r[0], int(r[1]), int(r[2]), r[3]) for r in rows]
