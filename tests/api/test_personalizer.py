@@ -324,13 +324,17 @@ async def test_the_service_configuration_the_sdk_reads(gateway: Gateway) -> None
 async def test_errors_reach_the_sdk_in_personalizers_shape(
     gateway: Gateway, make_key: KeyMaker
 ) -> None:
-    with pytest.raises(ClientAuthenticationError) as denied:
-        await call(gateway.sync("sk_nope_nope").rank, rank_request())
+    with (
+        gateway.sync("sk_nope_nope") as stranger,
+        pytest.raises(ClientAuthenticationError) as denied,
+    ):
+        await call(stranger.rank, rank_request())
     assert denied.value.status_code == 401
     assert denied.value.error is not None
     assert denied.value.error.code == "Unauthorized"
     ranker = await make_key(Scope.RECOMMEND)
-    await call(gateway.sync().rank, rank_request("e"))
+    with gateway.sync() as sync_client:
+        await call(sync_client.rank, rank_request("e"))
     async with gateway.aio(ranker) as client:
         with pytest.raises(HttpResponseError) as forbidden:
             await client.reward("e", {"value": 1})
@@ -371,8 +375,8 @@ async def test_errors_reach_the_sdk_in_personalizers_shape(
     # An action id that names a catalogue item of another kind is not taken over.
     put = await gateway.api.put("/v1/items/tr-1", {"kind": "track"})
     assert put.status == 200, put.body
-    with pytest.raises(HttpResponseError) as taken:
-        await call(gateway.sync().rank, {"actions": [{"id": "tr-1", "features": []}]})
+    with gateway.sync() as sync_client, pytest.raises(HttpResponseError) as taken:
+        await call(sync_client.rank, {"actions": [{"id": "tr-1", "features": []}]})
     assert taken.value.status_code == 409
     old = PersonalizerClient(
         gateway.url,
@@ -380,7 +384,7 @@ async def test_errors_reach_the_sdk_in_personalizers_shape(
         api_version="2099-01-01",
         per_call_policies=[COUNT],
     )
-    with pytest.raises(ResourceNotFoundError):
+    with old, pytest.raises(ResourceNotFoundError):
         await call(old.rank, rank_request())
 
 
@@ -448,7 +452,8 @@ async def test_the_versioned_rest_paths_of_older_clients(gateway: Gateway) -> No
 async def test_actions_are_served_only_where_asked_for(gateway: Gateway) -> None:
     items = [{"item_id": f"tr-{i}", "kind": "track"} for i in range(5)]
     assert (await gateway.api.post("/v1/items", {"items": items})).status == 200
-    await call(gateway.sync().rank, rank_request("r"))
+    with gateway.sync() as sync_client:
+        await call(sync_client.rank, rank_request("r"))
     for surface in ("home", "shelf", "music"):
         reply = await gateway.api.post(
             "/v1/recommendations", {"user_id": "u1", "surface": surface, "n": 20}
