@@ -44,6 +44,8 @@ from gateway.http.auth import Scope
 from gateway.http.personalizer import paths
 from gateway.serving.personalizer import recommendation_id
 from tests.api.conftest import Api, KeyMaker, projections_caught_up, serving
+from tests.api.test_conformance import Gateway as ServedGateway
+from tests.api.test_conformance import run, served  # noqa: F401 (a fixture)
 from tests.api.test_endpoints import recorded_outcomes, served_events, stored
 from tests.integration.projection_helpers import eventually
 
@@ -173,9 +175,9 @@ async def test_rank_and_reward_with_the_sync_client(gateway: Gateway) -> None:
     assert len(await stored(gateway.db, "ItemUpserted")) == 4  # unchanged actions: no upsert
 
     # A rank is a slate on the `personalizer` surface among the actions, event id -> rec id.
-    served = await served_events(gateway.db)
-    assert set(served) == {recommendation_id("ev-1"), recommendation_id(fresh["eventId"])}
-    slate = served[recommendation_id("ev-1")]
+    logged = await served_events(gateway.db)
+    assert set(logged) == {recommendation_id("ev-1"), recommendation_id(fresh["eventId"])}
+    slate = logged[recommendation_id("ev-1")]
     assert slate.surface == "personalizer"
     assert slate.candidates == ("sports", "politics", "food", "weather")
     assert slate.exclude == ("politics",)
@@ -211,9 +213,9 @@ async def test_deferred_activation_with_the_async_client(gateway: Gateway) -> No
         assert await client.rank(rank_request("never", deferActivation=True)) == never
         await client.reward("shown", {"value": 0.5})
 
-    served = await served_events(gateway.db)
-    assert list(served) == [recommendation_id("shown")]
-    slate = served[recommendation_id("shown")]
+    logged = await served_events(gateway.db)
+    assert list(logged) == [recommendation_id("shown")]
+    slate = logged[recommendation_id("shown")]
     first = deferred[0]
     assert isinstance(first, RecommendationDeferred)
     assert first.served.slate == slate.slate  # the slate drawn is the slate served
@@ -257,9 +259,9 @@ async def test_multi_slot_rank_reward_and_activation(gateway: Gateway) -> None:
         assert list(given) == ["hero", "side", "footer"]
         assert len(set(given.values())) == 3  # an action fills one slot
         assert given["side"] not in {"politics", "sports"}
-    served = await served_events(gateway.db)
-    assert set(served) == {recommendation_id("page-1"), recommendation_id("page-2")}
-    assert served[recommendation_id("page-1")].context == {
+    logged = await served_events(gateway.db)
+    assert set(logged) == {recommendation_id("page-1"), recommendation_id("page-2")}
+    assert logged[recommendation_id("page-1")].context == {
         "contextFeatures": CONTEXT,
         "slots": slots,
     }
@@ -300,8 +302,8 @@ async def test_the_default_reward_applies_after_the_wait_time(gateway: Gateway) 
     for o in await recorded_outcomes(gateway.db):
         if o.value == DEFAULT_REWARD:
             assert o.recommendation_id is not None
-            served = page[o.recommendation_id]
-            assert o.occurred_at == served.requested_at + timedelta(seconds=WAIT)
+            logged = page[o.recommendation_id]
+            assert o.occurred_at == logged.requested_at + timedelta(seconds=WAIT)
 
 
 async def test_the_service_configuration_the_sdk_reads(gateway: Gateway) -> None:
@@ -398,8 +400,8 @@ async def test_the_listener_header_and_the_erasure_check(gateway: Gateway) -> No
             )
         assert named.value.status_code == 400
         assert "contextFeatures[0].user" in str(named.value.message)
-    served = await served_events(gateway.db)
-    pseudonym = served[recommendation_id("mine")].user
+    logged = await served_events(gateway.db)
+    pseudonym = logged[recommendation_id("mine")].user
     forgotten = await gateway.api.post("/v1/users/reader-7/forget")
     assert forgotten.status == 202
     assert (
@@ -541,15 +543,15 @@ async def test_the_migration_guide_sample_runs(
     scope: dict[str, Any] = {}
     await call(exec, compile(after, "docs/personalizer.md", "exec"), scope)
     scope["client"].close()
-    served = await served_events(gateway.db)
+    logged = await served_events(gateway.db)
     ids = {
         recommendation_id(scope["response"]["eventId"]),
         recommendation_id(scope["later"]["eventId"]),
     }
-    assert set(served) == ids
+    assert set(logged) == ids
     rewards = sorted((o.value or 0.0) for o in await recorded_outcomes(gateway.db))
     assert rewards == sorted([1.0 if scope["chosen"] == "curry" else 0.0, 0.5])
-    assert served[recommendation_id(scope["response"]["eventId"])].exclude == ("salad",)
+    assert logged[recommendation_id(scope["response"]["eventId"])].exclude == ("salad",)
 
 
 async def test_every_route_wants_a_key_with_its_scope(gateway: Gateway, make_key: KeyMaker) -> None:
@@ -571,3 +573,40 @@ async def test_every_route_wants_a_key_with_its_scope(gateway: Gateway, make_key
                 assert reply.status not in (401, 403), (path, reply.body)
             else:
                 assert reply.status == 403, (path, scope, reply.body)
+
+
+async def test_the_sdk_against_segue_serve(
+    served: ServedGateway,  # noqa: F811 (the fixture imported above)
+    db: asyncpg.Connection,
+) -> None:
+    """As an operator runs it: `segue serve` in a process of its own, a key from `segue keys
+    create`, the async client pointed at it."""
+    code, out, err = await run(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        *("keys", "create", "--name", "personalizer", "--scopes", "recommend,ingest"),
+        env=served.env,
+        cwd=served.cwd,
+        limit_s=60,
+    )
+    assert code == 0, err
+    key = out.strip()
+    async with AioClient(served.url, AzureKeyCredential(key), per_call_policies=[COUNT]) as client:
+        answer = await client.rank(rank_request("served-1", excludedActions=["weather"]))
+        await client.reward("served-1", {"value": 0.7})
+    async with AioAdministrationClient(
+        served.url, AzureKeyCredential(key), per_call_policies=[COUNT]
+    ) as admin:
+        config = await admin.get_service_configuration()
+    assert config["rewardWaitTime"] == "PT10M"  # Personalizer's default, Segue's too
+    assert config["defaultReward"] == 0
+    slate = (await served_events(db))[recommendation_id("served-1")]
+    assert slate.slate[0].item_id == answer["rewardActionId"]
+    assert slate.exclude == ("weather",)
+    [reward] = await recorded_outcomes(db)
+    assert (reward.item_id, reward.kind, reward.value) == (
+        answer["rewardActionId"],
+        OutcomeKind.REWARD,
+        0.7,
+    )
