@@ -43,7 +43,7 @@ from domain.ranking import PolicyParams
 from gateway.http.auth import Scope
 from gateway.http.personalizer import paths
 from gateway.serving.personalizer import recommendation_id
-from tests.api.conftest import Api, KeyMaker, projections_caught_up, serving
+from tests.api.conftest import Api, KeyMaker, index_built, projections_caught_up, serving
 from tests.api.test_conformance import Gateway as ServedGateway
 from tests.api.test_conformance import run, served  # noqa: F401 (a fixture)
 from tests.api.test_endpoints import recorded_outcomes, served_events, stored
@@ -610,3 +610,23 @@ async def test_the_sdk_against_segue_serve(
         OutcomeKind.REWARD,
         0.7,
     )
+
+
+async def test_action_features_reach_the_index(gateway: Gateway) -> None:
+    """An index build embeds the actions, their hashed features blended in, and later ranks
+    are scored with it (affinity of the listener to each action)."""
+    async with gateway.aio() as client:
+        for i in range(6):
+            answer = await client.rank(rank_request(f"pre-{i}"))
+            await client.reward(f"pre-{i}", {"value": 1.0})
+        await projections_caught_up(gateway.api)
+        version = await index_built(gateway.api)
+        await client.rank(rank_request("post"))
+    assert answer["rewardActionId"] is not None
+    logged = await served_events(gateway.db)
+    assert logged[recommendation_id("post")].index_version == version
+    similar = await gateway.api.get("/v1/items/food/similar?n=3")
+    assert similar.status == 200, similar.body
+    near = {i["item_id"] for i in similar.json()["items"]}
+    assert near
+    assert near <= {"sports", "politics", "weather"}
