@@ -207,12 +207,13 @@ class Personalizer:
         self._known: OrderedDict[str, bytes] = OrderedDict()
 
     async def rank(self, req: RankIn, listener: str) -> Ranked:
-        await self._upsert(req.actions)
         ids = [a.id for a in req.actions]
         excluded = list(dict.fromkeys(req.excluded_actions or ()))
         eligible = [a for a in ids if a not in set(excluded)]
         if not eligible:
             raise Refused("every action is excluded", field="excludedActions")
+        # After every check of the request: a refused rank changes nothing.
+        await self._upsert(req.actions)
         context: dict[str, Any] = {"contextFeatures": req.context_features or []}
         event_id, served = await self._draw(
             req.event_id, listener, ids, excluded, len(eligible), context, req.defer_activation
@@ -223,7 +224,6 @@ class Personalizer:
         return Ranked(event_id, ranking, top)
 
     async def rank_slots(self, req: MultiSlotRankIn, listener: str) -> SlotsRanked:
-        await self._upsert(req.actions)
         ids = [a.id for a in req.actions]
         for i, slot in enumerate(req.slots):
             if slot.baseline_action not in ids:
@@ -233,6 +233,7 @@ class Personalizer:
                 )
         if len({s.id for s in req.slots}) != len(req.slots):
             raise Refused("slot ids must be distinct", field="slots")
+        await self._upsert(req.actions)
         # Every slot is kept verbatim in the context: a reward finds its slot's action from them
         # and the logged ranking (`slot_actions`), as does the default reward.
         context: dict[str, Any] = {
