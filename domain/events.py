@@ -31,6 +31,9 @@ class OutcomeKind(StrEnum):
     FOLLOW = "follow"
     SHARE = "share"
     ACTIVE_DAY = "active_day"
+    # A score the client computed itself (the Personalizer-compatible routes' rewards, -1..1):
+    # worth its value times the definition's weight, where every other kind is worth the weight.
+    REWARD = "reward"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,24 @@ class RecommendationServed:
 
 
 @dataclass(frozen=True, slots=True)
+class RecommendationDeferred:
+    """A slate drawn but not yet shown (a Personalizer rank with `deferActivation`). It is the
+    first event of the recommendation's stream and carries the slate as `RecommendationServed`
+    would; nothing learns from it or evaluates it. Activation appends that `RecommendationServed`
+    to the same stream; a slate never activated stays out of learning and evaluation."""
+
+    TYPE: ClassVar[str] = "RecommendationDeferred"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    served: RecommendationServed
+
+    def stream_id(self) -> str:
+        # Not the recommendation's stream: that one starts with the `RecommendationServed`
+        # activation appends, as every reader of slates expects.
+        return f"deferred-{self.served.recommendation_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class OutcomeRecorded:
     TYPE: ClassVar[str] = "OutcomeRecorded"
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -133,12 +154,24 @@ class ListenerForgotten:
 
 
 DomainEvent = (
-    ItemUpserted | ItemRetired | RecommendationServed | OutcomeRecorded | ListenerForgotten
+    ItemUpserted
+    | ItemRetired
+    | RecommendationServed
+    | RecommendationDeferred
+    | OutcomeRecorded
+    | ListenerForgotten
 )
 
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.TYPE: cls
-    for cls in (ItemUpserted, ItemRetired, RecommendationServed, OutcomeRecorded, ListenerForgotten)
+    for cls in (
+        ItemUpserted,
+        ItemRetired,
+        RecommendationServed,
+        RecommendationDeferred,
+        OutcomeRecorded,
+        ListenerForgotten,
+    )
 }
 
 
@@ -180,6 +213,8 @@ def to_payload(event: DomainEvent) -> JSON:
                 },
                 "members": list(event.members),
             }
+        case RecommendationDeferred():
+            return to_payload(event.served)
         case OutcomeRecorded():
             return {
                 "event_id": str(event.event_id),
@@ -220,6 +255,10 @@ def from_current_payload(event_type: str, payload: JSON) -> DomainEvent:
         )
     if event_type == ItemRetired.TYPE:
         return ItemRetired(item_id=payload["item_id"])
+    if event_type == RecommendationDeferred.TYPE:
+        served = from_current_payload(RecommendationServed.TYPE, payload)
+        assert isinstance(served, RecommendationServed)
+        return RecommendationDeferred(served)
     if event_type == RecommendationServed.TYPE:
         request = payload["request"]
         candidates = request.get("candidates")

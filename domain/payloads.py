@@ -24,6 +24,7 @@ from domain.events import (
     ListenerForgotten,
     OutcomeKind,
     OutcomeRecorded,
+    RecommendationDeferred,
     RecommendationServed,
 )
 
@@ -168,6 +169,35 @@ class RecommendationServedV3:
 
 
 @dataclass(frozen=True)
+class RecommendationDeferredV1:
+    """A slate drawn but not yet shown (a Personalizer rank with `deferActivation`): the payload a
+    `RecommendationServed` v3 would have. Nothing learns from it or evaluates it; activating it
+    appends that `RecommendationServed` (stamped with the activation's time). Stream
+    `deferred-{recommendation_id}`."""
+
+    recommendation_id: UUID
+    """The id the slate will be served under once activated."""
+    user: str
+    """The listener's pseudonym (never the client's user id)."""
+    surface: str
+    """Where the slate is to be shown (`personalizer`)."""
+    context: dict[str, Any]
+    """The client's request context."""
+    slate: list[SlateEntryV1]
+    """The items drawn, in position order."""
+    policy: PolicyV1
+    """The policy that drew the slate."""
+    index_version: str
+    """The nearest-neighbour index loaded when it was drawn (`none` before the first build)."""
+    requested_at: datetime
+    """When the gateway received the rank request."""
+    request: RequestV1
+    """The request as the policy saw it."""
+    members: list[str]
+    """Always empty: Personalizer ranks are for one listener."""
+
+
+@dataclass(frozen=True)
 class OutcomeRecordedV1:
     """Something a listener did with an item, as the client reported it. Stream
     `listener-{user}`."""
@@ -185,7 +215,8 @@ class OutcomeRecordedV1:
     recommendation_id: UUID | None
     """The slate the client says led to it, or null for an organic interaction."""
     value: float | None
-    """A measure that goes with the kind (e.g. milliseconds played before a skip), or null."""
+    """A measure that goes with the kind (e.g. milliseconds played before a skip; a `reward`'s
+    score, -1..1 from the Personalizer-compatible routes), or null."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +236,7 @@ PAYLOADS: dict[tuple[str, int], type] = {
     (RecommendationServed.TYPE, 1): RecommendationServedV1,
     (RecommendationServed.TYPE, 2): RecommendationServedV2,
     (RecommendationServed.TYPE, 3): RecommendationServedV3,
+    (RecommendationDeferred.TYPE, 1): RecommendationDeferredV1,
     (OutcomeRecorded.TYPE, 1): OutcomeRecordedV1,
     (ListenerForgotten.TYPE, 1): ListenerForgottenV1,
 }

@@ -34,6 +34,11 @@ class RewardDefinition:
     )
 
     def weight(self, kind: OutcomeKind, value: float | None) -> Decimal:
+        if kind is K.REWARD:
+            # The client's own score, scaled by the weight (a reward without a value is none).
+            # str() first: Decimal(0.1) would carry the binary float's 55 digits into the sums.
+            weight = self.weights.get(kind, Decimal(0))
+            return weight * Decimal(str(value)) if value is not None and weight else Decimal(0)
         if kind is K.SKIP and value is not None and value >= self.skip_threshold_ms:
             return Decimal(0)
         return self.weights.get(kind, Decimal(0))
@@ -90,8 +95,12 @@ DAY = 24 * HOUR
 # or a dislike counts against. Listening outcomes are attributed for a few hours (a session);
 # deliberate ones (save, like, follow, share) for a week, because listeners often act on an item
 # after coming back to it.
+#
+# `reward` (a score the client computed, as Personalizer's callers send) counts its value, within
+# two days: Personalizer's longest reward wait time; the compatible routes enforce the configured
+# one before recording (docs/decisions.md, "Personalizer-compatible routes").
 DEFAULT = RewardDefinition(
-    version="music-podcasts-1",
+    version="music-podcasts-2",
     weights={
         K.IMPRESSION: Decimal(0),
         K.CLICK: Decimal("0.1"),
@@ -105,6 +114,7 @@ DEFAULT = RewardDefinition(
         K.FOLLOW: Decimal(3),
         K.SHARE: Decimal("1.5"),
         K.ACTIVE_DAY: Decimal(0),
+        K.REWARD: Decimal(1),
     },
     windows={
         K.IMPRESSION: HOUR,
@@ -119,5 +129,6 @@ DEFAULT = RewardDefinition(
         K.FOLLOW: 7 * DAY,
         K.SHARE: 7 * DAY,
         K.ACTIVE_DAY: 0,
+        K.REWARD: 2 * DAY,
     },
 )

@@ -161,6 +161,17 @@ class Settings(BaseSettings):
         default="track",
         description="The kind of a PutItems item whose properties name none",
     )
+    # Personalizer's own bounds (5 s - 2 days), but for 1 s, which the tests wait for; its
+    # default is 10 minutes (docs/personalizer.md).
+    personalizer_reward_wait_seconds: Annotated[float, Field(ge=1, le=172_800)] = Field(
+        default=600.0,
+        description="Personalizer routes: how long after a rank is shown its reward is awaited; "
+        "then the default reward applies, and a later reward is ignored",
+    )
+    personalizer_default_reward: Annotated[float, Field(ge=-1, le=1)] = Field(
+        default=0.0,
+        description="Personalizer routes: the reward of a rank none was sent for in time",
+    )
     policy_optimism: Annotated[float, Field(ge=0)] = Field(
         default=_POLICY.optimism,
         description="Score bonus per posterior standard deviation of an item's reward",

@@ -39,6 +39,7 @@ from gateway.http.appkeys import (
 from gateway.http.auth import KeyVerifier
 from gateway.http.middleware import metrics_middleware, request_id_middleware
 from gateway.http.openapi import build_spec
+from gateway.http.personalizer import setup_personalizer
 from gateway.http.problems import UNAVAILABLE, problem_middleware
 from gateway.http.ratelimit import RateLimiter, SharedSpend
 from gateway.http.routes import served_endpoints, setup_routes
@@ -276,4 +277,5 @@ def create_app(
     )
     setup_routes(app)
     personalize.setup(app)
+    setup_personalizer(app)
     return app

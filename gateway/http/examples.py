@@ -190,7 +190,7 @@ ITEM_REWARDS = Example(
     response={
         "item_id": ITEM,
         "as_of": AS_OF,
-        "definition_version": "music-podcasts-1",
+        "definition_version": "music-podcasts-2",
         "served": 12,
         "outcomes": {"impression": 12, "stream_30s": 5, "save": 1},
         "reward": _REWARD,
@@ -225,7 +225,7 @@ def _projection(name: str) -> dict[str, Any]:
         "name": name,
         "version": 1,
         "status": "live",
-        "definition_version": "music-podcasts-1",
+        "definition_version": "music-podcasts-2",
         "position": 9210,
         "events_applied": 9210,
         "lag_events": 0,
@@ -248,7 +248,7 @@ REBUILD_INDEX = Example(response={**_INDEX, "building": True})
 _REBUILD = {
     "projection": "rewards",
     "state": "running",
-    "definition_version": "music-podcasts-1",
+    "definition_version": "music-podcasts-2",
     "version": 2,
     "position": 4100,
     "target": 9210,
@@ -287,7 +287,7 @@ DASHBOARD_SERIES = Example(
     response={
         "since": "2026-03-01",
         "until": "2026-03-02",
-        "definition_version": "music-podcasts-1",
+        "definition_version": "music-podcasts-2",
         "rewards": [
             {
                 "day": "2026-03-01",

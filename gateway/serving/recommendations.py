@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from domain.embeddings import fold_in
-from domain.events import RecommendationServed, SlateEntry, to_payload
+from domain.events import RecommendationDeferred, RecommendationServed, SlateEntry, to_payload
 from domain.policy import seed_from
 from domain.ranking import (
     EMPTY,
@@ -58,22 +58,26 @@ __all__ = ["Recommender", "follow", "tiebreak"]
 SURFACE_KINDS: dict[Surface, frozenset[str]] = {
     Surface.PODCASTS: frozenset({ItemKind.EPISODE, ItemKind.SHOW}),
     Surface.MUSIC: frozenset({ItemKind.TRACK, ItemKind.ALBUM, ItemKind.ARTIST, ItemKind.PLAYLIST}),
+    Surface.PERSONALIZER: frozenset({ItemKind.ACTION}),
 }
+# What a request that names no kinds may be answered with, on a surface that does not restrict
+# them: everything but Personalizer's actions, which are served only where asked for.
+UNASKED_KINDS = frozenset(k.value for k in ItemKind) - {ItemKind.ACTION.value}
 # Where a listener may be offered what they already heard: music is for replaying, and search
 # and shelves rank what the caller asked for.
-REPLAYS_ALLOWED = frozenset({Surface.MUSIC, Surface.SEARCH, Surface.SHELF})
+REPLAYS_ALLOWED = frozenset({Surface.MUSIC, Surface.SEARCH, Surface.SHELF, Surface.PERSONALIZER})
 
 
 def _listed(items: Iterable[str] | None) -> list[str] | None:
     return None if items is None else list(items)
 
 
-def allowed_kinds(surface: Surface, kinds: list[ItemKind]) -> frozenset[str] | None:
-    """The kinds a request may be answered with; None means any."""
-    wanted = frozenset(k.value for k in kinds) if kinds else None
+def allowed_kinds(surface: Surface, kinds: list[ItemKind]) -> frozenset[str]:
+    """The kinds a request may be answered with."""
     by_surface = SURFACE_KINDS.get(surface)
-    if wanted is None:
-        return by_surface
+    if not kinds:
+        return UNASKED_KINDS if by_surface is None else by_surface
+    wanted = frozenset(k.value for k in kinds)
     return wanted if by_surface is None else wanted & by_surface
 
 
@@ -221,10 +225,16 @@ class Recommender:
         )
 
     async def recommend(
-        self, req: RecommendationIn, *, recommendation_id: uuid.UUID | None = None
+        self,
+        req: RecommendationIn,
+        *,
+        recommendation_id: uuid.UUID | None = None,
+        defer: bool = False,
     ) -> RecommendationServed:
         """Draw and log a slate. With a `recommendation_id` (from an `Idempotency-Key`) a slate
-        already logged under it is returned instead, if it answered the same request."""
+        already logged under it is returned instead, if it answered the same request. `defer`
+        logs it as `RecommendationDeferred` (drawn, not shown) for Personalizer's deferred
+        activation, which appends the `RecommendationServed` later."""
         user = await self._pseudonyms.one(req.user_id)
 
         def same(e: RecommendationServed) -> bool:
@@ -239,8 +249,10 @@ class Recommender:
                 and list(e.kinds) == [k.value for k in req.kinds]
             )
 
+        # Only Personalizer's surface defers: other keyed requests need not look for it.
+        deferrable = req.surface is Surface.PERSONALIZER
         if recommendation_id is not None:
-            replayed = await self._replayed(recommendation_id, same)
+            replayed = await self._replayed(recommendation_id, same, deferrable)
             if replayed is not None:
                 return replayed
         rid = recommendation_id or uuid.uuid4()
@@ -263,6 +275,8 @@ class Recommender:
             exclude=req.exclude,
             kinds=req.kinds,
             keyed=recommendation_id is not None,
+            deferrable=deferrable,
+            deferred=defer,
         )
 
     async def blend(
@@ -310,9 +324,12 @@ class Recommender:
         )
 
     async def _replayed(
-        self, recommendation_id: uuid.UUID, same: Callable[[RecommendationServed], bool]
+        self,
+        recommendation_id: uuid.UUID,
+        same: Callable[[RecommendationServed], bool],
+        deferrable: bool = False,
     ) -> RecommendationServed | None:
-        logged = await self._logged(recommendation_id)
+        logged = await self._logged(recommendation_id, deferrable)
         if logged is not None and not same(logged):
             raise IdempotencyKeyReused()
         return logged
@@ -326,6 +343,7 @@ class Recommender:
         slate: tuple[SlateEntry, ...],
         *,
         keyed: bool,
+        deferrable: bool = False,
         **request: Any,
     ) -> RecommendationServed:
         try:
@@ -334,7 +352,7 @@ class Recommender:
             if not keyed:
                 raise
             # A retry of the same keyed request was logged first; its slate is the answer.
-            replayed = await self._replayed(recommendation_id, same)
+            replayed = await self._replayed(recommendation_id, same, deferrable)
             assert replayed is not None
             return replayed
 
@@ -380,14 +398,11 @@ class Recommender:
             for m in members
         ]
 
-    async def _logged(self, recommendation_id: uuid.UUID) -> RecommendationServed | None:
-        events = await self._store.read_stream(f"recommendation-{recommendation_id}")
-        if not events:
-            return None
-        e = events[0]
-        event = decode(e.event_type, e.schema_version, e.payload)
-        assert isinstance(event, RecommendationServed)
-        return event
+    async def _logged(
+        self, recommendation_id: uuid.UUID, deferrable: bool = False
+    ) -> RecommendationServed | None:
+        """The slate logged under this id; with `deferrable`, also one drawn and deferred."""
+        return await logged_slate(self._store, recommendation_id, deferrable)
 
     def similar(self, item_id: str, n: int) -> tuple[list[tuple[str, float]], str] | None:
         """The items nearest to `item_id` in the current index; None if it is not indexed."""
@@ -411,6 +426,7 @@ class Recommender:
         exclude: list[str] | None = None,
         kinds: list[ItemKind] | None = None,
         members: list[str] | None = None,
+        deferred: bool = False,
     ) -> RecommendationServed:
         index = self._index.current
         event = RecommendationServed(
@@ -429,21 +445,44 @@ class Recommender:
             n=n,
             members=tuple(members or ()),
         )
+        logged: RecommendationServed | RecommendationDeferred = (
+            RecommendationDeferred(event) if deferred else event
+        )
         await self._store.append(
             [
                 NewEvent(
                     # Its own event id: a client reusing a recommendation id as an outcome's
                     # event id must not be answered "duplicate".
                     uuid.uuid4(),
-                    event.stream_id(),
-                    event.TYPE,
-                    event.SCHEMA_VERSION,
-                    to_payload(event),
+                    logged.stream_id(),
+                    logged.TYPE,
+                    logged.SCHEMA_VERSION,
+                    to_payload(logged),
                 )
             ],
-            expected={event.stream_id(): NO_STREAM},
+            expected={logged.stream_id(): NO_STREAM},
         )
         return event
+
+
+async def logged_slate(
+    store: EventStore, recommendation_id: uuid.UUID, deferred_too: bool = False
+) -> RecommendationServed | None:
+    """The slate served under `recommendation_id`; with `deferred_too`, else the one drawn and
+    deferred under it (not yet activated), or None."""
+    streams = [f"recommendation-{recommendation_id}"]
+    if deferred_too:
+        streams.append(f"deferred-{recommendation_id}")
+    for stream in streams:
+        events = await store.read_stream(stream)
+        if events:
+            e = events[0]
+            event = decode(e.event_type, e.schema_version, e.payload)
+            if isinstance(event, RecommendationDeferred):
+                return event.served
+            assert isinstance(event, RecommendationServed)
+            return event
+    return None
 
 
 def follow(table: ItemTable, index: IndexHolder, scores: ItemScores) -> None:

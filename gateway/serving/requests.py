@@ -135,17 +135,22 @@ class ItemKind(StrEnum):
     ARTIST = "artist"
     PLAYLIST = "playlist"
     AUDIOBOOK = "audiobook"
+    # A Personalizer action (docs/personalizer.md): only ever served when asked for by kind,
+    # so a rank's actions never turn up in a listener's home slate.
+    ACTION = "action"
 
 
 class Surface(StrEnum):
     """Where a slate is shown. `search` and `shelf` rerank the caller's candidates;
-    `podcasts` and `music` restrict the kinds of item."""
+    `podcasts` and `music` restrict the kinds of item; `personalizer` ranks Personalizer
+    actions (the compatible routes under /personalizer/)."""
 
     HOME = "home"
     SEARCH = "search"
     SHELF = "shelf"
     PODCASTS = "podcasts"
     MUSIC = "music"
+    PERSONALIZER = "personalizer"
 
 
 class Model(BaseModel):

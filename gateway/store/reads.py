@@ -290,3 +290,32 @@ def slates_and_attributed(conn: asyncpg.Connection, prefetch: int) -> Any:
         f"{_ATTRIBUTABLE} ORDER BY events.tx_id, events.global_position",
         prefetch=prefetch,
     )
+
+
+# --- for the Personalizer-compatible routes -------------------------------------------------
+
+
+async def served_between(
+    conn: Executor,
+    surface: str,
+    after: tuple[datetime, int],
+    until: datetime,
+    limit: int,
+) -> list[tuple[datetime, int, int, str]]:
+    """(recorded_at, global position, schema version, payload as JSON text) of the slates
+    served on `surface`, recorded after `after` (a recorded_at and a position: where the previous
+    page ended) and before `until`, in that order; at most `limit` of them. The plain bound on
+    `recorded_at` is what the events table's BRIN index serves; the row comparison pages."""
+    rows = await conn.fetch(
+        "SELECT recorded_at, global_position, schema_version, payload::text FROM events "
+        "WHERE event_type = 'RecommendationServed' AND payload->>'surface' = $1 "
+        "AND recorded_at >= $2 AND (recorded_at, global_position) > ($2, $3) "
+        "AND recorded_at < $4 "
+        "ORDER BY recorded_at, global_position LIMIT $5",
+        surface,
+        after[0],
+        after[1],
+        until,
+        limit,
+    )
+    return [(r[0], int(r[1]), int(r[2]), r[3]) for r in rows]

@@ -241,8 +241,10 @@ async def test_only_the_service_routes_are_open() -> None:
 
 
 async def test_every_route_the_app_serves_comes_from_the_table(shared_db_url: str) -> None:
-    """Nothing is registered beside ENDPOINTS, so the tests above cover every route served."""
+    """Nothing is registered beside ENDPOINTS, so the tests above cover every route served; but
+    for the Personalizer-compatible routes, whose keys tests/api/test_personalizer.py checks."""
     from gateway.http.app import create_app
+    from gateway.http.personalizer import paths
     from gateway.settings import Settings
 
     app = create_app(Settings(database_url=shared_db_url), shared_db_url)
@@ -251,6 +253,8 @@ async def test_every_route_the_app_serves_comes_from_the_table(shared_db_url: st
         for route in app.router.routes()
         if route.resource is not None and route.method != "HEAD"  # aiohttp adds HEAD to GET
     }
-    # Beside them, only the AWS-compatible routes, signed instead (tests/api/test_personalize.py).
+    # Beside them, only the compatible surfaces: AWS Personalize (signed instead,
+    # tests/api/test_personalize.py) and Azure Personalizer (tests/api/test_personalizer.py).
     compat = {(r.method, r.path) for r in personalize.ROUTES}
-    assert served == {(ep.method, ep.path) for ep in ENDPOINTS} | compat
+    personalizer = {(route.method, path) for route, path, _ in paths()}
+    assert served == {(ep.method, ep.path) for ep in ENDPOINTS} | compat | personalizer

@@ -17,7 +17,13 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from gateway.serving.requests import MAX_ITEMS, MAX_JSON_DEPTH, MAX_JSON_NODES, MAX_OUTCOMES
+from gateway.serving.requests import (
+    MAX_ITEMS,
+    MAX_JSON_DEPTH,
+    MAX_JSON_NODES,
+    MAX_OUTCOMES,
+    ItemKind,
+)
 from gateway.settings import Settings
 from tests.api.conftest import Api, count_events, expect_problem
 from tests.conftest import unhandled_loop_errors_fail
@@ -205,7 +211,7 @@ REC_FIELDS = [
     ("kinds", ["track", "song"], "kinds[1]"),
     ("kinds", "track", "kinds"),
     ("kinds", [1], "kinds[0]"),
-    ("kinds", ["track"] * 8, "kinds"),
+    ("kinds", ["track"] * (len(ItemKind) + 1), "kinds"),
     ("extra", True, "extra"),
 ]
 

@@ -14,6 +14,7 @@ from domain.events import (
     ListenerForgotten,
     OutcomeKind,
     OutcomeRecorded,
+    RecommendationDeferred,
     RecommendationServed,
     SlateEntry,
     UnknownEventType,
@@ -46,7 +47,24 @@ EXAMPLES = [
     ),
     OutcomeRecorded(uuid.uuid4(), "p-1", "tr-1", OutcomeKind.STREAM_30S, NOW, REC, 31000.0),
     OutcomeRecorded(uuid.uuid4(), "p-1", "tr-1", OutcomeKind.SKIP, NOW),
+    OutcomeRecorded(uuid.uuid4(), "p-1", "art-1", OutcomeKind.REWARD, NOW, REC, -0.5),
     ListenerForgotten("p-1"),
+    RecommendationDeferred(
+        RecommendationServed(
+            recommendation_id=REC,
+            user="p-1",
+            surface="personalizer",
+            context={"contextFeatures": [{"time": "morning"}]},
+            slate=(SlateEntry("art-1", 0, 0.5, 0.95),),
+            policy_name="segue-eps-greedy",
+            policy_version="2",
+            index_version="none",
+            requested_at=NOW,
+            candidates=("art-1",),
+            kinds=("action",),
+            n=1,
+        )
+    ),
 ]
 
 
@@ -54,7 +72,12 @@ EXAMPLES = [
 def test_payload_round_trip(event: object) -> None:
     assert isinstance(
         event,
-        ItemUpserted | ItemRetired | RecommendationServed | OutcomeRecorded | ListenerForgotten,
+        ItemUpserted
+        | ItemRetired
+        | RecommendationServed
+        | RecommendationDeferred
+        | OutcomeRecorded
+        | ListenerForgotten,
     )
     payload = to_payload(event)
     assert from_current_payload(event.TYPE, payload) == event
@@ -66,6 +89,7 @@ def test_every_type_is_registered_with_a_version() -> None:
         "ItemUpserted",
         "ItemRetired",
         "RecommendationServed",
+        "RecommendationDeferred",
         "OutcomeRecorded",
         "ListenerForgotten",
     }
