@@ -4,12 +4,14 @@ min/max), so the only state needed is which listeners were forgotten: their rows
 of theirs is folded afterwards.
 
 `recent` is per (listener, item): when the listener last did something with it that says
-anything (a stream of any length, or an outcome with a weight) and which kinds of outcome they
-recorded at that instant. The store keeps each listener's latest `RECENT_KEPT` of them, ordered
-by that time (ties by item id), which is the order `domain.recency` weighs them in. Keeping the
-kinds of the latest instant only (not every kind since the item entered the list) makes the row
-a function of the listener's outcomes, whatever batches they came in: an item pushed out and
-played again later gets the same row as if it had never left."""
+anything (a stream of any length, or an outcome with a weight), which kinds of outcome they
+recorded at that instant, and those outcomes' summed weight: its sign says whether what they
+did last was for the item or against it (a quick skip after many plays is against). The store
+keeps each listener's latest `RECENT_KEPT` of them, ordered by that time (ties by item id),
+which is the order `domain.recency` weighs them in. Keeping only the latest instant (not every
+kind since the item entered the list) makes the row a function of the listener's outcomes,
+whatever batches they came in: an item pushed out and played again later gets the same row as
+if it had never left."""
 
 from __future__ import annotations
 
@@ -26,14 +28,17 @@ ZERO = Decimal(0)
 RECENT_KEPT = 50
 
 
+Recent = tuple[datetime, tuple[str, ...], Decimal]
+
+
 @dataclass
 class ListenerChanges:
     # (listener, item) -> [weight, outcomes]: the affinity matrix's entry and its support.
     affinity: dict[tuple[str, str], list[Decimal]] = field(default_factory=dict)
     # (listener, item) -> (first heard, last heard, plays)
     history: dict[tuple[str, str], tuple[datetime, datetime, int]] = field(default_factory=dict)
-    # (listener, item) -> (last time, the kinds recorded at it, sorted)
-    recent: dict[tuple[str, str], tuple[datetime, tuple[str, ...]]] = field(default_factory=dict)
+    # (listener, item) -> (last time, the kinds recorded at it (sorted), their summed weight)
+    recent: dict[tuple[str, str], Recent] = field(default_factory=dict)
     # Listeners forgotten in this batch: every stored row of theirs is deleted before the above
     # are written, and they are remembered as forgotten.
     forgotten: set[str] = field(default_factory=set)
@@ -73,7 +78,9 @@ def fold_listeners(
         if weight != ZERO or e.kind in heard:
             # An impression alone says nothing of taste; ten of them per slate would push what
             # was played out of the list.
-            changes.recent[key] = latest(changes.recent.get(key), e.occurred_at, e.kind.value)
+            changes.recent[key] = latest(
+                changes.recent.get(key), e.occurred_at, e.kind.value, weight
+            )
         if e.kind in heard:
             before = changes.history.get(key)
             if before is None:
@@ -86,12 +93,12 @@ def fold_listeners(
                 )
 
 
-def latest(
-    before: tuple[datetime, tuple[str, ...]] | None, at: datetime, kind: str
-) -> tuple[datetime, tuple[str, ...]]:
-    """A recent row after one more outcome: the later instant wins, kinds at one instant join."""
+def latest(before: Recent | None, at: datetime, kind: str, weight: Decimal) -> Recent:
+    """A recent row after one more outcome: the later instant wins; at one instant the kinds
+    join and the weights add (every outcome is folded once: the log has no duplicates)."""
     if before is None or at > before[0]:
-        return (at, (kind,))
-    if at < before[0] or kind in before[1]:
+        return (at, (kind,), weight)
+    if at < before[0]:
         return before
-    return (at, tuple(sorted((*before[1], kind))))
+    kinds = before[1] if kind in before[1] else tuple(sorted((*before[1], kind)))
+    return (at, kinds, before[2] + weight)

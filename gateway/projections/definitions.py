@@ -357,11 +357,12 @@ class ListenersProjection:
         await conn.execute(_FORGOTTEN_DDL.format(s))
         if await conn.fetchval("SELECT to_regclass($1)", f"{s}.recent") is None:
             # A version folded by code without the table: start it from the history, which has
-            # when each item was last heard (not the kinds, nor what was only liked or skipped;
-            # a rebuild of the projection has those). Outcomes folded from now on are exact.
+            # when each item was last heard, as a play (weight 1; not the kinds, nor what was
+            # only liked or skipped: a rebuild of the projection has those). Outcomes folded
+            # from now on are exact.
             await conn.execute(_RECENT_DDL.format(s))
             await conn.execute(
-                f"INSERT INTO {s}.recent SELECT listener, item_id, at, '{{}}'::text[] "
+                f"INSERT INTO {s}.recent SELECT listener, item_id, at, '{{}}'::text[], 1 "
                 f"FROM (SELECT *, row_number() OVER (PARTITION BY listener {_RECENT_ORDER}) AS k "
                 f"FROM (SELECT listener, item_id, last_at AS at FROM {s}.history) h) r "
                 f"WHERE k <= {RECENT_KEPT}"
@@ -420,19 +421,22 @@ class ListenersProjection:
             # latest`), so the row does not depend on how the outcomes were batched.
             await conn.execute(
                 f"INSERT INTO {s}.recent AS t SELECT u, i, a, "
-                "ARRAY(SELECT jsonb_array_elements_text(k::jsonb)) "
-                "FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) "
-                "AS x(u, i, a, k) "
+                "ARRAY(SELECT jsonb_array_elements_text(k::jsonb)), w "
+                "FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], "
+                "$5::numeric[]) AS x(u, i, a, k, w) "
                 "ON CONFLICT (listener, item_id) DO UPDATE SET "
                 "kinds = CASE WHEN EXCLUDED.at > t.at THEN EXCLUDED.kinds "
                 "WHEN EXCLUDED.at < t.at THEN t.kinds "
                 'ELSE ARRAY(SELECT DISTINCT k COLLATE "C" FROM unnest(t.kinds || EXCLUDED.kinds) '
                 "AS k ORDER BY 1) END, "
+                "weight = CASE WHEN EXCLUDED.at > t.at THEN EXCLUDED.weight "
+                "WHEN EXCLUDED.at < t.at THEN t.weight ELSE t.weight + EXCLUDED.weight END, "
                 "at = greatest(t.at, EXCLUDED.at)",
                 [k[0] for k, _ in rows3],
                 [k[1] for k, _ in rows3],
                 [v[0] for _, v in rows3],
                 [_json_list(list(v[1])) for _, v in rows3],
+                [v[2] for _, v in rows3],
             )
             # Bounded per listener: only the latest RECENT_KEPT stay.
             await conn.execute(
@@ -449,20 +453,18 @@ class ListenersProjection:
 _RECENT_ORDER = 'ORDER BY at DESC, item_id COLLATE "C" DESC'
 _RECENT_DDL = (
     "CREATE TABLE {}.recent (listener text, item_id text, at timestamptz NOT NULL, "
-    "kinds text[] NOT NULL, PRIMARY KEY (listener, item_id))"
+    "kinds text[] NOT NULL, weight numeric NOT NULL, PRIMARY KEY (listener, item_id))"
 )
 
 
 async def recent_items(
     conn: Connection | asyncpg.Pool, schema: str, listener: str, limit: int
 ) -> list[tuple[str, float]]:
-    """A listener's latest `limit` recent items, latest first, each with the affinity weight the
-    projection holds for it (its sign says whether the listener liked it or turned it down)."""
-    s = q(schema)
+    """A listener's latest `limit` recent items, latest first, each with the weight of what they
+    did with it last (negative: they skipped or disliked it)."""
     rows = await conn.fetch(
-        f"SELECT r.item_id, coalesce(a.weight, 0)::float8 FROM {s}.recent r "
-        f"LEFT JOIN {s}.affinity a ON a.listener = r.listener AND a.item_id = r.item_id "
-        'WHERE r.listener = $1 ORDER BY r.at DESC, r.item_id COLLATE "C" DESC LIMIT $2',
+        f"SELECT item_id, weight::float8 FROM {q(schema)}.recent WHERE listener = $1 "
+        f"{_RECENT_ORDER} LIMIT $2",
         listener,
         limit,
     )

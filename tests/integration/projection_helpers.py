@@ -602,7 +602,7 @@ def kept_recent(c: ListenerChanges) -> Table:
     for keys in by_listener.values():
         keys.sort(key=lambda k: (c.recent[k][0], k[1].encode()), reverse=True)
         for k in keys[:RECENT_KEPT]:
-            out[k] = (c.recent[k][0], list(c.recent[k][1]))
+            out[k] = (c.recent[k][0], list(c.recent[k][1]), c.recent[k][2])
     return out
 
 

@@ -83,10 +83,11 @@ async def test_latest_items_in_order_bounded_signed(conn: asyncpg.Connection) ->
     assert ids[-1] == "t13"
     assert not {"t00", "t12"} & set(ids)
     weights = dict(got)
-    assert weights["skipped"] < 0  # a quick skip counts against
-    assert weights["t58"] < 0  # so does a dislike outweighing the play
-    assert weights["tie"] == 2.0  # stream_30s + like
-    assert weights["t05"] == 1.0  # the affinity of every outcome, not only the latest
+    # The weight of what the listener did last with the item, whatever came before.
+    assert weights["skipped"] == -0.5  # a quick skip counts against
+    assert weights["t58"] == -2.0  # so does a dislike after a play
+    assert weights["tie"] == 2.0  # stream_30s + like, at one instant
+    assert weights["t05"] == 0.0  # started again: neither for nor against
     kinds = {
         r[0]: r[1]
         for r in await conn.fetch(
@@ -132,6 +133,7 @@ async def test_a_version_without_the_table_starts_it_from_the_history(
     ids = [i for i, _ in started]
     assert ids[:4] == ["t05", "tie", "t59", "t58"]
     assert "skipped" not in ids
+    assert {w for _, w in started} == {1.0}  # each a play
     assert len(started) == RECENT_KEPT
     # Idempotent: a second prepare changes nothing.
     await LISTENERS.prepare(conn, schema)
