@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from domain.embeddings import AlsParams, fit_als
+from domain.embeddings import AlsParams, Factors, fit_als
 from domain.events import OutcomeKind
 from domain.recency import RecencyParams, blend, recency_vector
 from domain.rewards import DEFAULT
@@ -250,19 +250,23 @@ def top_k(scores: NDArray[np.float64], m: Matrix, split: Split) -> dict[str, lis
     return out
 
 
-def factorisation(split: Split, params: AlsParams) -> dict[str, list[str]]:
-    """`fit_als` on the same weights the gateway learns from, ranked exactly, seen excluded."""
+def fit(split: Split, params: AlsParams) -> tuple[Matrix, Factors]:
+    """`fit_als` on the same weights the gateway learns from."""
     m = training_matrix(split)
-    factors = fit_als(m.rows, m.cols, m.weights, len(m.users), len(m.items), params)
+    return m, fit_als(m.rows, m.cols, m.weights, len(m.users), len(m.items), params)
+
+
+def factorisation(m: Matrix, factors: Factors, split: Split) -> dict[str, list[str]]:
+    """The fitted factorisation ranked exactly, seen excluded."""
     return top_k(factors.users @ factors.items.T, m, split)
 
 
-def with_recency(split: Split, params: AlsParams, recency: RecencyParams) -> dict[str, list[str]]:
+def with_recency(
+    m: Matrix, factors: Factors, split: Split, recency: RecencyParams
+) -> dict[str, list[str]]:
     """The same factorisation, each listener's vector turned towards what they rated last
     (`domain.recency`, as the gateway serves it), ranked exactly, seen excluded. The order is
     the projection's: latest first, ties on the timestamp by item id, last id first."""
-    m = training_matrix(split)
-    factors = fit_als(m.rows, m.cols, m.weights, len(m.users), len(m.items), params)
     u_row = {u: i for i, u in enumerate(m.users)}
     i_row = {it: i for i, it in enumerate(m.items)}
     latest: dict[str, list[int]] = {}
@@ -460,19 +464,27 @@ def main() -> None:
     # `implicit` library's conjugate gradient), so the two also compare the solvers.
     als = replace(als, solver="numpy")
     started = time.perf_counter()
-    exact_slates = factorisation(split, als)
+    matrix, factors = fit(split, als)
+    exact_slates = factorisation(matrix, factors, split)
     exact = evaluate(exact_slates, split.test)
     als_s = time.perf_counter() - started
     # The policy the gateway will serve (it inherits the environment's SEGUE_POLICY_*).
     policy = Settings().policy
-    recent_slates = with_recency(split, als, policy.recency)
+    recent_slates = with_recency(matrix, factors, split, policy.recency)
     recent = evaluate(recent_slates, split.test)
+    # The same model with the gateway's own solver: the closest in-memory twin of what it serves.
+    gateway_als = IndexParams().als
+    twin_matrix, twin_factors = fit(split, gateway_als)
+    twin_slates = with_recency(twin_matrix, twin_factors, split, policy.recency)
+    if not policy.recency.enabled:
+        twin_slates = factorisation(twin_matrix, twin_factors, split)
+    twin = evaluate(twin_slates, split.test)
 
     run = asyncio.run(through_gateway(split, args.url, args.concurrency))
     gateway = evaluate(run.slates, split.test)
     greedy_users = {u: i for u, i in split.test.items() if u in run.greedy}
     greedy = evaluate(run.slates, greedy_users)
-    reference = recent_slates if policy.recency.enabled else exact_slates
+    reference = twin_slates
     reference_greedy = evaluate(reference, greedy_users)
     agreement = statistics.fmean(
         len(set(run.slates.get(u, ())) & set(reference[u])) / K for u in greedy_users
@@ -492,7 +504,14 @@ def main() -> None:
     )
     print(line("popularity (unseen, exact)", pop, f"   {pop_s:.2f} s"))
     print(line("ALS in memory (exact top 10)", exact, f"   fit+rank {als_s:.1f} s"))
-    print(line("ALS + recency in memory", recent, "   (the gateway's model, exact)"))
+    print(line("ALS + recency in memory", recent, f"   (solver {als.solver})"))
+    print(
+        line(
+            "in-memory twin of the gateway",
+            twin,
+            f"   (solver {gateway_als.solver}; recency blend {policy.recency.blend})",
+        )
+    )
     print(line("segue gateway (home, n=10)", gateway, "   all slates, exploration as set"))
     print(
         line(
@@ -503,7 +522,7 @@ def main() -> None:
     )
     print(
         line(
-            "  in-memory reference, same users",
+            "  in-memory twin, same users",
             reference_greedy,
             f"   (greedy slates share {agreement:.1%} of its items)",
         )

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import random
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,8 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("3f0c8b2a-7d4e-4b19-9c61-2e5a8f7d0b43")
 INDEX_CANDIDATES = 200  # searched for a listener the index has not seen
 # Listener vectors whose median length stands in for a listener with only recent items.
 SCALE_SAMPLE = 10_000
+# Searches from turned listener vectors kept per process (~3.2 kB each: 200 rows and dots).
+SEARCHES_KEPT = 4096
 __all__ = ["Recommender", "follow", "tiebreak"]
 
 SURFACE_KINDS: dict[Surface, frozenset[str]] = {
@@ -117,6 +120,9 @@ class Recommender:
         self._versions = versions
         self.params = params or PolicyParams()
         self._scale: tuple[str, float] | None = None
+        self._searches: OrderedDict[
+            tuple[str, bytes], tuple[NDArray[np.int64], NDArray[np.float64]]
+        ] = OrderedDict()
 
     async def heard(self, user: str) -> set[str]:
         """What this listener has already streamed (the listeners projection)."""
@@ -236,7 +242,7 @@ class Recommender:
                     # towards the recent items has nearest items of its own.
                     vector = self._blend(index, vector, recent)
                     if vector is not None:
-                        searched, dots = index.nearest_rows(vector, INDEX_CANDIDATES)
+                        searched, dots = self._nearest(index, vector)
             rows = np.concatenate([table.from_index[searched], table.explore(rng)])
         if len(rows) == 0:
             return EMPTY
@@ -270,6 +276,29 @@ class Recommender:
             table.long_term[rows],
             tiebreaks(table.hash[rows], string_hash(user)),
         )
+
+    def _nearest(
+        self, index: LoadedIndex, vector: np.ndarray
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """`index.nearest_rows(vector, INDEX_CANDIDATES)`, remembered by the vector's bytes.
+
+        A listener asks for several slates between two plays (home, a refresh, another surface)
+        and each would search the tree again from the same vector; at a large catalogue that
+        search is most of a request's CPU (docs/decisions.md 59). Keyed by the vector itself,
+        an entry can never be stale: a new outcome that moves the vector is a new key, in every
+        process, and the search is a pure function of the index version and the vector."""
+        key = (index.version, vector.tobytes())
+        found = self._searches.get(key)
+        if found is not None:
+            self._searches.move_to_end(key)
+            return found
+        found = index.nearest_rows(vector, INDEX_CANDIDATES)
+        for array in found:
+            array.flags.writeable = False  # shared by every request that hits the entry
+        self._searches[key] = found
+        if len(self._searches) > SEARCHES_KEPT:
+            self._searches.popitem(last=False)
+        return found
 
     def _blend(
         self, index: LoadedIndex, long_term: np.ndarray | None, recent: np.ndarray | None
