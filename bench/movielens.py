@@ -37,6 +37,15 @@ slates alone are scored too, beside the in-memory factorisation on the same user
 share of items the two top 10s have in common (the gateway fits on its own id order, so its
 factors differ slightly).
 
+The gateway's model also turns each listener's vector towards what they played last
+(`domain.recency`, the `SEGUE_POLICY_RECENCY_*` settings). Two in-memory references of that
+model are printed: "ALS + recency" on the exact solve, and the "in-memory twin" on the solver
+the gateway's index builder uses (`implicit`), which is what the gateway's slates are compared
+with. Both take each user's latest training items in the order the listeners projection keeps
+them (latest first, ties on the timestamp by item id, largest first). A slate counts as greedy
+when every item carries a propensity of at least one half (an explored slate has drawn items,
+at epsilon / N or so); with `SEGUE_POLICY_EPSILON=0 SEGUE_POLICY_TAIL_EPSILON=0` every slate is.
+
 The policy is the one `SEGUE_POLICY_*` select in the bench's environment (the gateway inherits
 it). The training interactions are organic (no slate caused them), so no item has a reward
 posterior when the test requests begin; those requests then serve slates whose outcomes (the

@@ -160,8 +160,8 @@ class Recommender:
         self, index: LoadedIndex, user: str, session: list[str] | None
     ) -> np.ndarray | None:
         """The recency vector (`domain.recency`) of what the listener played last: the request's
-        session (latest first) if it has one, else the listeners projection's latest items, each
-        signed by the listener's affinity for it (a skip or dislike counts against)."""
+        session (latest first, each a play) if it has one, else the listeners projection's latest
+        items, each signed by what the listener did with it last (a skip or dislike: against)."""
         recency = self.params.recency
         if not recency.enabled:
             return None
@@ -283,10 +283,11 @@ class Recommender:
         """`index.nearest_rows(vector, INDEX_CANDIDATES)`, remembered by the vector's bytes.
 
         A listener asks for several slates between two plays (home, a refresh, another surface)
-        and each would search the tree again from the same vector; at a large catalogue that
-        search is most of a request's CPU (docs/decisions.md 59). Keyed by the vector itself,
-        an entry can never be stale: a new outcome that moves the vector is a new key, in every
-        process, and the search is a pure function of the index version and the vector."""
+        and each would search the tree again from the same vector, which at a large catalogue
+        costs milliseconds (some 3 ms at 100,000 items; docs/decisions.md 59). Keyed by the
+        vector itself, an entry can never be stale: a new outcome that moves the vector is a new
+        key, in every process, and the search is a pure function of the index version and the
+        vector."""
         key = (index.version, vector.tobytes())
         found = self._searches.get(key)
         if found is not None:
