@@ -2,7 +2,7 @@
 
 The last index build's listener vector is the long-term profile: every item the listener ever
 touched, with no notion of order. Taste drifts, and what was played last predicts what is played
-next far better than what was played a year ago (on MovieLens-100K, leave-last-out by time, the
+next better than what was played long ago (on MovieLens-100K, leave-last-out by time, the
 gateway's ALS scores HR@10 0.150 as a profile and 0.21 blended with the recency vector below:
 docs/decisions.md, "Listener state with order").
 
@@ -15,8 +15,9 @@ so affinity stays on the scale the policy's other terms were tuned against:
 
     v = (1 - blend) * x + blend * |x| * r / |r|
 
-A listener the last fit does not know has only the fold-in of their history as `x` (or nothing:
-then the recency vector alone, at unit length times the mean item length, stands in).
+A listener the last fit does not know has only the fold-in of their history as `x`, or nothing:
+then the recent direction alone stands in, at a length the caller gives (the gateway's: the
+median length of the index's listener vectors).
 """
 
 from __future__ import annotations
