@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -11,6 +13,7 @@ import pytest
 from aiohttp import ClientSession
 
 from domain.ranking import PolicyParams
+from gateway.analysis.targets import current_target
 from gateway.client import outcome
 from tests.api.conftest import Api, index_built, projections_caught_up, serving
 from tests.api.test_endpoints import served_events
@@ -252,3 +255,29 @@ async def test_a_session_must_be_item_ids(api: Api) -> None:
         )
         assert reply.status == 422, session
         assert reply.json()["field"] == "context"
+
+
+async def test_the_offline_rerun_reads_the_logged_session(
+    db_url: str, all_scopes_key: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # Offline evaluation re-runs the policy on each logged request: it must turn the vector
+    # with the session the request carried, or it would evaluate another policy.
+    async with (
+        serving(db_url, run_index_builder=False, data_dir=tmp_path) as url,
+        ClientSession() as session,
+    ):
+        api = Api(url, all_scopes_key, session)
+        await two_tastes(api)
+        await recommend(api, user_id="u0", n=6, context={"session": ["it41", "it47", "it52"]})
+    [event] = (await served_events(db)).values()
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    try:
+        target = await current_target(pool, tmp_path / "index", POLICY)
+        with_session = await target.slate(event)
+        without = await target.slate(replace(event, context={}))
+    finally:
+        await pool.close()
+    assert with_session.top is not None
+    assert without.top is not None
+    assert sum(int(i[2:]) >= 40 for i in with_session.top) >= 4
+    assert sum(int(i[2:]) >= 40 for i in without.top) == 0
