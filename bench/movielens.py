@@ -37,6 +37,15 @@ slates alone are scored too, beside the in-memory factorisation on the same user
 share of items the two top 10s have in common (the gateway fits on its own id order, so its
 factors differ slightly).
 
+The gateway's model also turns each listener's vector towards what they played last
+(`domain.recency`, the `SEGUE_POLICY_RECENCY_*` settings). Two in-memory references of that
+model are printed: "ALS + recency" on the exact solve, and the "in-memory twin" on the solver
+the gateway's index builder uses (`implicit`), which is what the gateway's slates are compared
+with. Both take each user's latest training items in the order the listeners projection keeps
+them (latest first, ties on the timestamp by item id, largest first). A slate counts as greedy
+when every item carries a propensity of at least one half (an explored slate has drawn items,
+at epsilon / N or so); with `SEGUE_POLICY_EPSILON=0 SEGUE_POLICY_TAIL_EPSILON=0` every slate is.
+
 The policy is the one `SEGUE_POLICY_*` select in the bench's environment (the gateway inherits
 it). The training interactions are organic (no slate caused them), so no item has a reward
 posterior when the test requests begin; those requests then serve slates whose outcomes (the
@@ -69,12 +78,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from domain.embeddings import AlsParams, fit_als
+from domain.embeddings import AlsParams, Factors, fit_als
 from domain.events import OutcomeKind
+from domain.recency import RecencyParams, blend, recency_vector
 from domain.rewards import DEFAULT
 from gateway.analysis.wheels import fetch_wheel
 from gateway.client import SegueClient, outcome
 from gateway.index.build import IndexParams
+from gateway.settings import Settings
 
 from _common import add_url_argument, bench_key, quantile, serving, throwaway_database
 
@@ -248,11 +259,40 @@ def top_k(scores: NDArray[np.float64], m: Matrix, split: Split) -> dict[str, lis
     return out
 
 
-def factorisation(split: Split, params: AlsParams) -> dict[str, list[str]]:
-    """`fit_als` on the same weights the gateway learns from, ranked exactly, seen excluded."""
+def fit(split: Split, params: AlsParams) -> tuple[Matrix, Factors]:
+    """`fit_als` on the same weights the gateway learns from."""
     m = training_matrix(split)
-    factors = fit_als(m.rows, m.cols, m.weights, len(m.users), len(m.items), params)
+    return m, fit_als(m.rows, m.cols, m.weights, len(m.users), len(m.items), params)
+
+
+def factorisation(m: Matrix, factors: Factors, split: Split) -> dict[str, list[str]]:
+    """The fitted factorisation ranked exactly, seen excluded."""
     return top_k(factors.users @ factors.items.T, m, split)
+
+
+def with_recency(
+    m: Matrix, factors: Factors, split: Split, recency: RecencyParams
+) -> dict[str, list[str]]:
+    """The same factorisation, each listener's vector turned towards what they rated last
+    (`domain.recency`, as the gateway serves it), ranked exactly, seen excluded. The order is
+    the projection's: latest first, ties on the timestamp by item id, last id first."""
+    u_row = {u: i for i, u in enumerate(m.users)}
+    i_row = {it: i for i, it in enumerate(m.items)}
+    latest: dict[str, list[int]] = {}
+    for r in reversed(split.train):
+        mine = latest.setdefault(r.user, [])
+        row = i_row[r.item]
+        if len(mine) < recency.items and row not in mine:
+            mine.append(row)
+    vectors = factors.users.copy()
+    scale = float(np.median(np.linalg.norm(factors.users, axis=1)))
+    for user, rows in latest.items():
+        # Every rating is a positive outcome here (see `outcome_kinds`).
+        recent = recency_vector(factors.items, np.array(rows), np.ones(len(rows)), recency)
+        served = blend(vectors[u_row[user]], recent, recency, scale)
+        if served is not None:
+            vectors[u_row[user]] = served
+    return top_k(vectors @ factors.items.T, m, split)
 
 
 # --- the gateway -----------------------------------------------------------------------------
@@ -266,7 +306,7 @@ async def call(client: SegueClient, method: str, path: str, body: Any = None) ->
 @dataclass
 class GatewayRun:
     slates: dict[str, list[str]]
-    explored: set[str]  # users whose slate was the uniformly random one
+    greedy: set[str]  # users served the greedy slate (neither exploring variant)
     timings: dict[str, float]
     outcomes: int
     latencies: list[float]
@@ -369,7 +409,7 @@ async def _drive(
         raise RuntimeError(f"index build failed: {status['index']['error']}")
 
     slates: dict[str, list[str]] = {}
-    explored: set[str] = set()
+    greedy: set[str] = set()
     latencies: list[float] = []
     gate = asyncio.Semaphore(concurrency)
 
@@ -385,15 +425,16 @@ async def _drive(
             latencies.append(time.perf_counter() - t0)
         items = sorted(rec["items"], key=lambda x: x["position"])
         slates[user] = [x["item_id"] for x in items]
-        # A greedy slate's items carry propensity (1 - epsilon) + epsilon / N at their position;
-        # a random slate's mostly only epsilon / N.
-        if items and sum(x["propensity"] for x in items) < 0.5 * len(items):
-            explored.add(user)
+        # Every item of a greedy slate carries propensity at least 1 - epsilon - tail_epsilon
+        # (its greedy position); an explored slate has drawn items, at epsilon / N or
+        # tail_epsilon / (N - head) plus that.
+        if all(x["propensity"] >= 0.5 for x in items):
+            greedy.add(user)
 
     started = time.perf_counter()
     await asyncio.gather(*(recommend(u) for u in sorted(split.test, key=int)))
     timings["recommend"] = time.perf_counter() - started
-    return GatewayRun(slates, explored, timings, len(wire), latencies, status["index"])
+    return GatewayRun(slates, greedy, timings, len(wire), latencies, status["index"])
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -432,17 +473,30 @@ def main() -> None:
     # `implicit` library's conjugate gradient), so the two also compare the solvers.
     als = replace(als, solver="numpy")
     started = time.perf_counter()
-    exact_slates = factorisation(split, als)
+    matrix, factors = fit(split, als)
+    exact_slates = factorisation(matrix, factors, split)
     exact = evaluate(exact_slates, split.test)
     als_s = time.perf_counter() - started
+    # The policy the gateway will serve (it inherits the environment's SEGUE_POLICY_*).
+    policy = Settings().policy
+    recent_slates = with_recency(matrix, factors, split, policy.recency)
+    recent = evaluate(recent_slates, split.test)
+    # The same model with the gateway's own solver: the closest in-memory twin of what it serves.
+    gateway_als = IndexParams().als
+    twin_matrix, twin_factors = fit(split, gateway_als)
+    twin_slates = with_recency(twin_matrix, twin_factors, split, policy.recency)
+    if not policy.recency.enabled:
+        twin_slates = factorisation(twin_matrix, twin_factors, split)
+    twin = evaluate(twin_slates, split.test)
 
     run = asyncio.run(through_gateway(split, args.url, args.concurrency))
     gateway = evaluate(run.slates, split.test)
-    greedy_users = {u: i for u, i in split.test.items() if u not in run.explored}
+    greedy_users = {u: i for u, i in split.test.items() if u in run.greedy}
     greedy = evaluate(run.slates, greedy_users)
-    exact_greedy = evaluate(exact_slates, greedy_users)
+    reference = twin_slates
+    reference_greedy = evaluate(reference, greedy_users)
     agreement = statistics.fmean(
-        len(set(run.slates.get(u, ())) & set(exact_slates[u])) / K for u in greedy_users
+        len(set(run.slates.get(u, ())) & set(reference[u])) / K for u in greedy_users
     )
     t = run.timings
 
@@ -451,20 +505,34 @@ def main() -> None:
         f"iterations {als.iterations}, regularization {als.regularization}, alpha {als.alpha}, "
         f"seed {als.seed}; solver: gateway {IndexParams().als.solver}, in memory {als.solver}"
     )
+    r = policy.recency
+    print(
+        f"policy {policy.name} {policy.logged_version}: epsilon {policy.epsilon}, tail_epsilon "
+        f"{policy.tail_epsilon}; recency blend {r.blend}, decay {r.decay}, floor {r.floor}, "
+        f"items {r.items}"
+    )
     print(line("popularity (unseen, exact)", pop, f"   {pop_s:.2f} s"))
     print(line("ALS in memory (exact top 10)", exact, f"   fit+rank {als_s:.1f} s"))
-    print(line("segue gateway (home, n=10)", gateway, "   goal HR@10 >= 0.14"))
+    print(line("ALS + recency in memory", recent, f"   (solver {als.solver})"))
+    print(
+        line(
+            "in-memory twin of the gateway",
+            twin,
+            f"   (solver {gateway_als.solver}; recency blend {policy.recency.blend})",
+        )
+    )
+    print(line("segue gateway (home, n=10)", gateway, "   all slates, exploration as set"))
     print(
         line(
             "  gateway, greedy slates only",
             greedy,
-            f"   ({len(run.explored)} of {len(split.test)} slates explored at random)",
+            f"   ({len(split.test) - len(run.greedy)} of {len(split.test)} slates explored)",
         )
     )
     print(
         line(
-            "  ALS in memory, same users",
-            exact_greedy,
+            "  in-memory twin, same users",
+            reference_greedy,
             f"   (greedy slates share {agreement:.1%} of its items)",
         )
     )

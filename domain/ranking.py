@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from domain.events import SlateEntry
+from domain.recency import RecencyParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +52,12 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class PolicyParams:
-    """The policy's parameters. The defaults are what was measured (docs/decisions.md 19, 23);
-    `version` names them, so changing a default must change it too (a test pins the pair)."""
+    """The policy's parameters. The defaults are what was measured (docs/decisions.md 19, 23,
+    and "Listener state with order" for the recency terms); `version` names them, so changing a
+    default must change it too (a test pins the pair)."""
 
     name: str = "segue-eps-greedy"
-    version: str = "2"
+    version: str = "3"
     epsilon: float = 0.03  # uniform random slates
     tail_epsilon: float = 0.07  # slates whose last `tail` positions are drawn at random
     tail: int = 3
@@ -64,6 +66,11 @@ class PolicyParams:
     w_long_term: float = 0.2
     optimism: float = 2.0  # score bonus per posterior standard deviation
     max_per_group: int = 2
+    # The listener vector turned towards what they played last (`domain.recency`).
+    recency_blend: float = 0.6
+    recency_decay: float = 3.0
+    recency_floor: float = 0.0
+    recency_items: int = 50
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.epsilon <= 1.0:
@@ -76,6 +83,17 @@ class PolicyParams:
             raise ValueError("max_per_group must be at least 1")
         if self.optimism < 0.0 or self.w_long_term < 0.0:
             raise ValueError("optimism and w_long_term must not be negative")
+        _ = self.recency  # RecencyParams checks its own terms
+
+    @property
+    def recency(self) -> RecencyParams:
+        """The recency terms as `domain.recency` takes them."""
+        return RecencyParams(
+            blend=self.recency_blend,
+            decay=self.recency_decay,
+            floor=self.recency_floor,
+            items=self.recency_items,
+        )
 
     @property
     def logged_version(self) -> str:

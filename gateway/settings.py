@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.events import OutcomeKind
+from domain.listener_fold import RECENT_KEPT
 from domain.ranking import PolicyParams
 
 _POLICY = PolicyParams()
@@ -190,6 +191,24 @@ class Settings(BaseSettings):
         default=_POLICY.w_long_term,
         description="Weight of an item's long-term estimate (active days) in its score",
     )
+    policy_recency_blend: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=_POLICY.recency_blend,
+        description="How far the listener vector turns towards what they played last (0: not "
+        "at all, the last index build's profile alone; 1: the recent items alone)",
+    )
+    policy_recency_decay: Annotated[float, Field(gt=0)] = Field(
+        default=_POLICY.recency_decay,
+        description="Items: a recent item played this many items before the last weighs 1/e "
+        "of the last's",
+    )
+    policy_recency_floor: Annotated[float, Field(ge=0)] = Field(
+        default=_POLICY.recency_floor,
+        description="The weight every recent item keeps, however long ago it was played",
+    )
+    policy_recency_items: Annotated[int, Field(ge=1, le=RECENT_KEPT)] = Field(
+        default=_POLICY.recency_items,
+        description="How many of the listener's latest items are read for the recency vector",
+    )
 
     @property
     def policy(self) -> PolicyParams:
@@ -201,6 +220,10 @@ class Settings(BaseSettings):
             tail_epsilon=self.policy_tail_epsilon,
             tail=self.policy_tail,
             w_long_term=self.policy_long_term_weight,
+            recency_blend=self.policy_recency_blend,
+            recency_decay=self.policy_recency_decay,
+            recency_floor=self.policy_recency_floor,
+            recency_items=self.policy_recency_items,
         )
 
     @model_validator(mode="before")

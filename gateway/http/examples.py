@@ -45,7 +45,7 @@ RECOMMEND = Example(
         "user_id": LISTENER,
         "surface": "home",
         "n": 3,
-        "context": {"device": "ios", "hour": 21},
+        "context": {"device": "ios", "hour": 21, "session": ["track-0088", "track-0102"]},
         "exclude": ["track-0009"],
         "kinds": ["track", "episode"],
     },

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import asyncpg
+
 from domain.events import DomainEvent, OutcomeRecorded
-from domain.listener_fold import ListenerChanges, fold_listeners
+from domain.listener_fold import RECENT_KEPT, ListenerChanges, fold_listeners
 from domain.reward_fold import (
     RewardChanges,
     RewardState,
@@ -348,10 +350,23 @@ class ListenersProjection:
     name: str = "listeners"
 
     def tables(self) -> list[str]:
-        return ["affinity", "history", "forgotten"]
+        return ["affinity", "history", "recent", "forgotten"]
 
     async def prepare(self, conn: Connection, schema: str) -> None:
-        await conn.execute(_FORGOTTEN_DDL.format(q(schema)))
+        s = q(schema)
+        await conn.execute(_FORGOTTEN_DDL.format(s))
+        if await conn.fetchval("SELECT to_regclass($1)", f"{s}.recent") is None:
+            # A version folded by code without the table: start it from the history, which has
+            # when each item was last heard, as a play (weight 1; not the kinds, nor what was
+            # only liked or skipped: a rebuild of the projection has those). Outcomes folded
+            # from now on are exact.
+            await conn.execute(_RECENT_DDL.format(s))
+            await conn.execute(
+                f"INSERT INTO {s}.recent SELECT listener, item_id, at, '{{}}'::text[], 1 "
+                f"FROM (SELECT *, row_number() OVER (PARTITION BY listener {_RECENT_ORDER}) AS k "
+                f"FROM (SELECT listener, item_id, last_at AS at FROM {s}.history) h) r "
+                f"WHERE k <= {RECENT_KEPT}"
+            )
 
     def ddl(self, schema: str) -> list[str]:
         s = q(schema)
@@ -361,6 +376,7 @@ class ListenersProjection:
             f"CREATE TABLE {s}.history (listener text, item_id text, "
             "first_at timestamptz NOT NULL, last_at timestamptz NOT NULL, plays bigint NOT NULL, "
             "PRIMARY KEY (listener, item_id))",
+            _RECENT_DDL.format(s),
             _FORGOTTEN_DDL.format(s),
         ]
 
@@ -373,7 +389,7 @@ class ListenersProjection:
         forgotten = await _forgotten(conn, s, users)
         fold_listeners(c, (e for _, e in batch), definition, forgotten)
         if c.forgotten:
-            await _forget(conn, s, c.forgotten, ["affinity", "history"])
+            await _forget(conn, s, c.forgotten, ["affinity", "history", "recent"])
         if c.affinity:
             rows = list(c.affinity.items())
             await conn.execute(
@@ -399,6 +415,60 @@ class ListenersProjection:
                 [v[1] for _, v in rows2],
                 [v[2] for _, v in rows2],
             )
+        if c.recent:
+            rows3 = list(c.recent.items())
+            # The later instant wins; at the same instant the kinds join (`domain.listener_fold.
+            # latest`), so the row does not depend on how the outcomes were batched.
+            await conn.execute(
+                f"INSERT INTO {s}.recent AS t SELECT u, i, a, "
+                "ARRAY(SELECT jsonb_array_elements_text(k::jsonb)), w "
+                "FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], "
+                "$5::numeric[]) AS x(u, i, a, k, w) "
+                "ON CONFLICT (listener, item_id) DO UPDATE SET "
+                "kinds = CASE WHEN EXCLUDED.at > t.at THEN EXCLUDED.kinds "
+                "WHEN EXCLUDED.at < t.at THEN t.kinds "
+                'ELSE ARRAY(SELECT DISTINCT k COLLATE "C" FROM unnest(t.kinds || EXCLUDED.kinds) '
+                "AS k ORDER BY 1) END, "
+                "weight = CASE WHEN EXCLUDED.at > t.at THEN EXCLUDED.weight "
+                "WHEN EXCLUDED.at < t.at THEN t.weight ELSE t.weight + EXCLUDED.weight END, "
+                "at = greatest(t.at, EXCLUDED.at)",
+                [k[0] for k, _ in rows3],
+                [k[1] for k, _ in rows3],
+                [v[0] for _, v in rows3],
+                [_json_list(list(v[1])) for _, v in rows3],
+                [v[2] for _, v in rows3],
+            )
+            # Bounded per listener: only the latest RECENT_KEPT stay.
+            await conn.execute(
+                f"DELETE FROM {s}.recent r USING (SELECT listener, item_id, "
+                f"row_number() OVER (PARTITION BY listener {_RECENT_ORDER}) AS k "
+                f"FROM {s}.recent WHERE listener = ANY($1::text[])) x "
+                f"WHERE r.listener = x.listener AND r.item_id = x.item_id AND x.k > {RECENT_KEPT}",
+                list({k[0] for k in c.recent}),
+            )
+
+
+# Each listener's recent items, latest first: by time, then by item id in byte order (the
+# database's collation must not decide what a rebuild elsewhere would order differently).
+_RECENT_ORDER = 'ORDER BY at DESC, item_id COLLATE "C" DESC'
+_RECENT_DDL = (
+    "CREATE TABLE {}.recent (listener text, item_id text, at timestamptz NOT NULL, "
+    "kinds text[] NOT NULL, weight numeric NOT NULL, PRIMARY KEY (listener, item_id))"
+)
+
+
+async def recent_items(
+    conn: Connection | asyncpg.Pool, schema: str, listener: str, limit: int
+) -> list[tuple[str, float]]:
+    """A listener's latest `limit` recent items, latest first, each with the weight of what they
+    did with it last (negative: they skipped or disliked it)."""
+    rows = await conn.fetch(
+        f"SELECT item_id, weight::float8 FROM {q(schema)}.recent WHERE listener = $1 "
+        f"{_RECENT_ORDER} LIMIT $2",
+        listener,
+        limit,
+    )
+    return [(r[0], float(r[1])) for r in rows]
 
 
 PROJECTIONS: dict[str, Projection] = {

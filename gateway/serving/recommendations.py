@@ -13,6 +13,7 @@ import asyncio
 import gc
 import random
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -33,16 +34,17 @@ from domain.ranking import (
     draw_blend_with_branch,
     draw_with_branch,
 )
+from domain.recency import blend, recency_vector
 from domain.upcasting import decode
 from gateway.index.holder import IndexHolder, LoadedIndex
 from gateway.metrics import SLATES
-from gateway.projections.definitions import q
+from gateway.projections.definitions import q, recent_items
 from gateway.projections.rewards import LiveVersions
 from gateway.serving.catalog import Catalog
 from gateway.serving.errors import IdempotencyKeyReused
 from gateway.serving.items import KIND_CODES, ItemTable, string_hash, tiebreak, tiebreaks
 from gateway.serving.listeners import Pseudonyms
-from gateway.serving.requests import BlendIn, ItemKind, RecommendationIn, Surface
+from gateway.serving.requests import BlendIn, ItemKind, RecommendationIn, Surface, session_of
 from gateway.serving.scores import ItemScores
 from gateway.store.api import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 
@@ -53,6 +55,10 @@ BLEND = "blend"
 DISCOVER_NAMESPACE = uuid.UUID("9a6c2f5e-3b1d-4c8e-a0f7-6d2b9e4c1a35")
 IDEMPOTENCY_NAMESPACE = uuid.UUID("3f0c8b2a-7d4e-4b19-9c61-2e5a8f7d0b43")
 INDEX_CANDIDATES = 200  # searched for a listener the index has not seen
+# Listener vectors whose median length stands in for a listener with only recent items.
+SCALE_SAMPLE = 10_000
+# Searches from turned listener vectors kept per process (~3.2 kB each: 200 rows and dots).
+SEARCHES_KEPT = 4096
 __all__ = ["Recommender", "follow", "tiebreak"]
 
 SURFACE_KINDS: dict[Surface, frozenset[str]] = {
@@ -117,6 +123,10 @@ class Recommender:
         self._index = index
         self._versions = versions
         self.params = params or PolicyParams()
+        self._scale: tuple[str, float] | None = None
+        self._searches: OrderedDict[
+            tuple[str, bytes], tuple[NDArray[np.int64], NDArray[np.float64]]
+        ] = OrderedDict()
 
     async def heard(self, user: str) -> set[str]:
         """What this listener has already streamed (the listeners projection)."""
@@ -150,6 +160,41 @@ class Recommender:
             np.array([w for _, w in known], dtype=np.float64),
         )
 
+    async def recent_vector(
+        self, index: LoadedIndex, user: str, session: list[str] | None
+    ) -> np.ndarray | None:
+        """The recency vector (`domain.recency`) of what the listener played last: the request's
+        session (latest first, each a play) if it has one, else the listeners projection's latest
+        items, each signed by what the listener did with it last (a skip or dislike: against)."""
+        recency = self.params.recency
+        if not recency.enabled:
+            return None
+        if session is not None:
+            played = [(i, 1.0) for i in session[: recency.items]]
+        else:
+            version = await self._versions.get("listeners")
+            if version is None:
+                return None
+            played = await recent_items(self._pool, version.schema, user, recency.items)
+        known = [(index.item_row[i], w) for i, w in played if i in index.item_row]
+        if not known:
+            return None
+        return recency_vector(
+            index.item_vectors,
+            np.array([k for k, _ in known], dtype=np.int64),
+            np.array([w for _, w in known], dtype=np.float64),
+            recency,
+        )
+
+    def _vector_scale(self, index: LoadedIndex) -> float:
+        """The typical listener vector's length in `index` (its median over a sample), for a
+        listener who has only a recency vector; 1 for an index without listeners."""
+        if self._scale is None or self._scale[0] != index.version:
+            norms = np.linalg.norm(index.listener_vectors[:SCALE_SAMPLE], axis=1)
+            norms = norms[norms > 0]
+            self._scale = (index.version, float(np.median(norms)) if len(norms) else 1.0)
+        return self._scale[1]
+
     async def _gather(
         self,
         user: str,
@@ -160,36 +205,48 @@ class Recommender:
         rng: random.Random,
         *,
         replays: bool,
+        session: list[str] | None = None,
     ) -> Pool:
         """The eligible, scored candidates for one listener, as arrays.
 
         Costs O(candidates), whatever the catalogue's size: candidates are the listener's
-        precomputed ones (or, for a listener the index has not seen, a bounded tree search from
-        a folded-in vector), the caller's in rerank mode, and a sample of the exploration pools;
-        they are filtered and scored by indexing the item table's arrays with their rows."""
+        precomputed ones (or, for a listener the index has not seen or whose recent items turn
+        their vector, a bounded tree search from that vector), the caller's in rerank mode, and
+        a sample of the exploration pools; they are filtered and scored by indexing the item
+        table's arrays with their rows."""
         table = await self._catalog.table()
         index = table.index if isinstance(table.index, LoadedIndex) else None
         mask = kinds_mask(allowed_kinds(surface, kinds_wanted))
         excluded = set(exclude)
         if not replays:
             excluded |= await self.heard(user)
+            # Just played, and perhaps not yet folded into the history.
+            excluded |= set(session or ())
         vector = None
         searched: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         dots: NDArray[np.float64] = np.zeros(0, dtype=np.float64)
+        recent = None if index is None else await self.recent_vector(index, user, session)
         if caller is not None:
             rows = table.rows_of(caller)
             if index is not None:
                 vector = await self.listener_vector(index, user)
+                vector = self._blend(index, vector, recent)
         else:
             if index is not None:
                 known = index.listener_candidates(user)
-                if known is not None and len(known[0]):
+                if known is not None and len(known[0]) and recent is None:
                     searched, dots = known
                     vector = index.listener_vectors[index.listener_row[user]]
                 else:
-                    vector = await self.listener_vector(index, user)
+                    if known is not None and len(known[0]):
+                        vector = index.listener_vectors[index.listener_row[user]]
+                    else:
+                        vector = await self.listener_vector(index, user)
+                    # The precomputed candidates are the profile's nearest; a vector turned
+                    # towards the recent items has nearest items of its own.
+                    vector = self._blend(index, vector, recent)
                     if vector is not None:
-                        searched, dots = index.nearest_rows(vector, INDEX_CANDIDATES)
+                        searched, dots = self._nearest(index, vector)
             rows = np.concatenate([table.from_index[searched], table.explore(rng)])
         if len(rows) == 0:
             return EMPTY
@@ -223,6 +280,37 @@ class Recommender:
             table.long_term[rows],
             tiebreaks(table.hash[rows], string_hash(user)),
         )
+
+    def _nearest(
+        self, index: LoadedIndex, vector: np.ndarray
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """`index.nearest_rows(vector, INDEX_CANDIDATES)`, remembered by the vector's bytes.
+
+        A listener asks for several slates between two plays (home, a refresh, another surface)
+        and each would search the tree again from the same vector, which at a large catalogue
+        costs milliseconds (some 3 ms at 100,000 items; docs/decisions.md 59). Keyed by the
+        vector itself, an entry can never be stale: a new outcome that moves the vector is a new
+        key, in every process, and the search is a pure function of the index version and the
+        vector."""
+        key = (index.version, vector.tobytes())
+        found = self._searches.get(key)
+        if found is not None:
+            self._searches.move_to_end(key)
+            return found
+        found = index.nearest_rows(vector, INDEX_CANDIDATES)
+        for array in found:
+            array.flags.writeable = False  # shared by every request that hits the entry
+        self._searches[key] = found
+        if len(self._searches) > SEARCHES_KEPT:
+            self._searches.popitem(last=False)
+        return found
+
+    def _blend(
+        self, index: LoadedIndex, long_term: np.ndarray | None, recent: np.ndarray | None
+    ) -> np.ndarray | None:
+        if recent is None:
+            return long_term
+        return blend(long_term, recent, self.params.recency, self._vector_scale(index))
 
     async def recommend(
         self,
@@ -259,7 +347,14 @@ class Recommender:
         rng = seed_from(rid.int)
         replays = req.surface in REPLAYS_ALLOWED or req.candidates is not None
         candidates = await self._gather(
-            user, req.surface, req.kinds, req.exclude, req.candidates, rng, replays=replays
+            user,
+            req.surface,
+            req.kinds,
+            req.exclude,
+            req.candidates,
+            rng,
+            replays=replays,
+            session=session_of(req.context),
         )
         slate, branch = draw_with_branch(candidates, req.n, self.params, rng)
         SLATES.labels(req.surface.value, branch).inc()
@@ -391,9 +486,20 @@ class Recommender:
         caller = list(served.candidates) if served.candidates is not None else None
         replays = surface in REPLAYS_ALLOWED or caller is not None
         members = list(served.members) or [served.user]
+        # A blend's context is not read for a session (`recommend` alone takes one).
+        session = None if served.members else session_of(served.context)
         return [
             (
-                await self._gather(m, surface, kinds, served.exclude, caller, rng, replays=replays)
+                await self._gather(
+                    m,
+                    surface,
+                    kinds,
+                    served.exclude,
+                    caller,
+                    rng,
+                    replays=replays,
+                    session=session,
+                )
             ).candidates()
             for m in members
         ]

@@ -180,12 +180,49 @@ class OutcomesIn(Model):
     outcomes: list[OutcomeIn] = Field(min_length=1, max_length=MAX_OUTCOMES)
 
 
+MAX_SESSION = 50
+SESSION_SCHEMA: dict[str, JsonValue] = {
+    "type": "array",
+    "items": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\u0000]*$"},
+    "maxItems": MAX_SESSION,
+    "description": "Item ids the listener just played, in the order played (the last is the "
+    "latest): the slate leans towards items like them, and, where replays are not offered, "
+    "leaves them out. Absent: the listener's latest items as Segue recorded them.",
+}
+
+
+def _session_is_item_ids(context: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    session = context.get("session")
+    if session is None:
+        return context
+    if (
+        not isinstance(session, list)
+        or len(session) > MAX_SESSION
+        or not all(isinstance(i, str) and 1 <= len(i) <= 256 for i in session)
+    ):
+        raise ValueError(
+            f"session must be a list of at most {MAX_SESSION} item ids (1-256 characters each)"
+        )
+    return context
+
+
+def session_of(context: dict[str, JsonValue]) -> list[str] | None:
+    """The item ids a (validated) request context says were just played, latest first."""
+    session = context.get("session")
+    if not isinstance(session, list):
+        return None
+    return [i for i in reversed(session) if isinstance(i, str)]
+
+
 class RecommendationIn(Model):
     user_id: UserId
     surface: Surface = Surface.HOME
     n: SlateSize = 10
-    context: JsonObject = Field(
-        default_factory=dict, description="Free-form request context, logged with the slate"
+    context: Annotated[JsonObject, AfterValidator(_session_is_item_ids)] = Field(
+        default_factory=dict,
+        description="Free-form request context, logged with the slate. One key is Segue's: "
+        "`session`, the item ids just played",
+        json_schema_extra={"properties": {"session": SESSION_SCHEMA}},
     )
     candidates: Annotated[list[ItemId], Field(min_length=1, max_length=1000)] | None = Field(
         default=None, description="Rerank mode: rank only these items"

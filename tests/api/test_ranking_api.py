@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -11,6 +13,7 @@ import pytest
 from aiohttp import ClientSession
 
 from domain.ranking import PolicyParams
+from gateway.analysis.targets import current_target
 from gateway.client import outcome
 from tests.api.conftest import Api, index_built, projections_caught_up, serving
 from tests.api.test_endpoints import served_events
@@ -200,3 +203,81 @@ async def test_similar_items_come_from_the_same_taste(api: Api) -> None:
     assert 5 not in near
     assert sum(i < 40 for i in near) >= 4
     assert (await api.get("/v1/items/nope/similar")).status == 404
+
+
+def greedy(answer: dict[str, Any]) -> bool:
+    """Whether the slate is the greedy one (every explored variant has drawn positions)."""
+    return all(s["propensity"] > 0.5 for s in answer["items"])
+
+
+def second_genre(answer: dict[str, Any]) -> int:
+    return sum(int(s["item_id"][2:]) >= 40 for s in answer["items"])
+
+
+async def test_a_session_turns_the_slate_towards_its_neighbours(api: Api) -> None:
+    await two_tastes(api)
+    session = ["it41", "it47", "it52"]  # u0 likes the first genre, and just played the second's
+    plain = [await recommend(api, user_id="u0", n=6) for _ in range(10)]
+    turned = [
+        await recommend(api, user_id="u0", n=6, context={"session": session}) for _ in range(10)
+    ]
+    for answer in plain:
+        if greedy(answer):
+            assert second_genre(answer) == 0
+    assert any(greedy(a) for a in turned)
+    for answer in turned:
+        if greedy(answer):
+            assert second_genre(answer) >= 4
+        # Just played: left out where replays are not offered.
+        assert not set(session) & {s["item_id"] for s in answer["items"]}
+        assert answer["policy"]["version"] == POLICY.version
+
+
+async def test_what_was_played_last_turns_the_slate_without_a_session(api: Api) -> None:
+    await two_tastes(api)
+    # After the build, u0 (8 plays of the first genre) plays five of the second genre, and
+    # quickly skips one of the first.
+    plays = [outcome("u0", f"it{i}", "stream_30s") for i in (41, 47, 52, 58, 66)]
+    plays.append(outcome("u0", "it03", "skip", value=2000))
+    assert (await api.post("/v1/outcomes", {"outcomes": plays})).status == 200
+    await projections_caught_up(api)
+    answers = [await recommend(api, user_id="u0", n=6) for _ in range(10)]
+    assert any(greedy(a) for a in answers)
+    for answer in answers:
+        if greedy(answer):
+            assert second_genre(answer) >= 4
+
+
+async def test_a_session_must_be_item_ids(api: Api) -> None:
+    for session in ["it41", [1, 2], [""], [f"i{k}" for k in range(51)]]:
+        reply = await api.post(
+            "/v1/recommendations", {"user_id": "u0", "context": {"session": session}}
+        )
+        assert reply.status == 422, session
+        assert reply.json()["field"] == "context"
+
+
+async def test_the_offline_rerun_reads_the_logged_session(
+    db_url: str, all_scopes_key: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # Offline evaluation re-runs the policy on each logged request: it must turn the vector
+    # with the session the request carried, or it would evaluate another policy.
+    async with (
+        serving(db_url, run_index_builder=False, data_dir=tmp_path) as url,
+        ClientSession() as session,
+    ):
+        api = Api(url, all_scopes_key, session)
+        await two_tastes(api)
+        await recommend(api, user_id="u0", n=6, context={"session": ["it41", "it47", "it52"]})
+    [event] = (await served_events(db)).values()
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    try:
+        target = await current_target(pool, tmp_path / "index", POLICY)
+        with_session = await target.slate(event)
+        without = await target.slate(replace(event, context={}))
+    finally:
+        await pool.close()
+    assert with_session.top is not None
+    assert without.top is not None
+    assert sum(int(i[2:]) >= 40 for i in with_session.top) >= 4
+    assert sum(int(i[2:]) >= 40 for i in without.top) == 0

@@ -31,7 +31,7 @@ from domain.events import (
     SlateEntry,
     to_payload,
 )
-from domain.listener_fold import ListenerChanges, fold_listeners
+from domain.listener_fold import RECENT_KEPT, ListenerChanges, fold_listeners
 from domain.longterm import (
     LongTermEstimate,
     fit_prior,
@@ -588,14 +588,29 @@ def expected_listener_tables(
     return {
         "affinity": {k: (v[0], int(v[1])) for k, v in c.affinity.items()},
         "history": dict(c.history),
+        "recent": kept_recent(c),
     }
+
+
+def kept_recent(c: ListenerChanges) -> Table:
+    """The fold's recent rows the store keeps: each listener's latest RECENT_KEPT, by time and
+    then item id (byte order), as the table holds them."""
+    by_listener: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for key in c.recent:
+        by_listener[key[0]].append(key)
+    out: Table = {}
+    for keys in by_listener.values():
+        keys.sort(key=lambda k: (c.recent[k][0], k[1].encode()), reverse=True)
+        for k in keys[:RECENT_KEPT]:
+            out[k] = (c.recent[k][0], list(c.recent[k][1]), c.recent[k][2])
+    return out
 
 
 async def listener_tables(conn: Connection, schema: str) -> dict[str, Table]:
     s = q(schema)
     return {
         table: {(r[0], r[1]): tuple(r[2:]) for r in await conn.fetch(f"SELECT * FROM {s}.{table}")}
-        for table in ("affinity", "history")
+        for table in ("affinity", "history", "recent")
     }
 
 

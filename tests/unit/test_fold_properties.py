@@ -200,6 +200,7 @@ def listener_view(c: ListenerChanges) -> dict[str, object]:
     return {
         "affinity": {k: (str(w), str(n)) for k, (w, n) in c.affinity.items()},
         "history": c.history,
+        "recent": c.recent,
     }
 
 

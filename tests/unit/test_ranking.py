@@ -140,7 +140,7 @@ def test_the_version_names_the_defaults() -> None:
     # The policy version is logged with every slate, so a change of any default must come with
     # a new version: change both here together.
     p = PolicyParams()
-    assert (p.version, p.logged_version) == ("2", "2")
+    assert (p.version, p.logged_version) == ("3", "3")
     assert (p.epsilon, p.tail_epsilon, p.tail, p.optimism, p.max_per_group) == (
         0.03,
         0.07,
@@ -149,13 +149,25 @@ def test_the_version_names_the_defaults() -> None:
         2,
     )
     assert (p.w_affinity, p.w_reward, p.w_long_term) == (1.0, 1.0, 0.2)
+    assert (p.recency_blend, p.recency_decay, p.recency_floor, p.recency_items) == (
+        0.6,
+        3.0,
+        0.0,
+        50,
+    )
 
 
 def test_other_settings_log_a_version_of_their_own() -> None:
     tuned = PolicyParams(optimism=0.5)
-    assert tuned.logged_version.startswith("2+")
+    assert tuned.logged_version.startswith("3+")
     assert tuned.logged_version == PolicyParams(optimism=0.5).logged_version
     assert tuned.logged_version != PolicyParams(optimism=1.0).logged_version
     assert PolicyParams(epsilon=0.05).logged_version != PolicyParams(tail=2).logged_version
     # The name is not a tunable: a renamed default policy keeps its version.
-    assert PolicyParams(name="other").logged_version == "2"
+    assert PolicyParams(name="other").logged_version == "3"
+    # The recency terms are tunables like the others.
+    assert PolicyParams(recency_blend=0.0).logged_version.startswith("3+")
+    assert (
+        PolicyParams(recency_decay=5.0).logged_version
+        != PolicyParams(recency_floor=0.2).logged_version
+    )

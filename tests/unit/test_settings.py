@@ -12,7 +12,17 @@ from gateway.settings import Settings
 
 
 def test_the_defaults_are_the_policys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OPTIMISM", "EPSILON", "TAIL_EPSILON", "TAIL", "LONG_TERM_WEIGHT"):
+    for name in (
+        "OPTIMISM",
+        "EPSILON",
+        "TAIL_EPSILON",
+        "TAIL",
+        "LONG_TERM_WEIGHT",
+        "RECENCY_BLEND",
+        "RECENCY_DECAY",
+        "RECENCY_FLOOR",
+        "RECENCY_ITEMS",
+    ):
         monkeypatch.delenv(f"SEGUE_POLICY_{name}", raising=False)
     assert Settings().policy == PolicyParams()
 
@@ -30,12 +40,29 @@ def test_policy_variables_select_the_policy(monkeypatch: pytest.MonkeyPatch) -> 
     assert policy.logged_version != PolicyParams().version
 
 
+def test_recency_variables_select_the_recency_terms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGUE_POLICY_RECENCY_BLEND", "0.4")
+    monkeypatch.setenv("SEGUE_POLICY_RECENCY_DECAY", "5")
+    monkeypatch.setenv("SEGUE_POLICY_RECENCY_FLOOR", "0.2")
+    monkeypatch.setenv("SEGUE_POLICY_RECENCY_ITEMS", "20")
+    policy = Settings().policy
+    assert policy == PolicyParams(
+        recency_blend=0.4, recency_decay=5.0, recency_floor=0.2, recency_items=20
+    )
+    # Named in the version every slate logs.
+    assert policy.logged_version.startswith(f"{PolicyParams().version}+")
+
+
 @pytest.mark.parametrize(
     ("env", "named"),
     [
         ({"SEGUE_POLICY_OPTIMISM": "-1"}, "policy_optimism"),
         ({"SEGUE_POLICY_EPSILON": "lots"}, "policy_epsilon"),
         ({"SEGUE_POLICY_TAIL": "0"}, "policy_tail"),
+        ({"SEGUE_POLICY_RECENCY_BLEND": "1.5"}, "policy_recency_blend"),
+        ({"SEGUE_POLICY_RECENCY_DECAY": "0"}, "policy_recency_decay"),
+        # The projection keeps 50 per listener: more could never be read.
+        ({"SEGUE_POLICY_RECENCY_ITEMS": "51"}, "policy_recency_items"),
         ({"SEGUE_POLICY_EPSILON": "0.6", "SEGUE_POLICY_TAIL_EPSILON": "0.5"}, "policy_epsilon"),
     ],
 )
