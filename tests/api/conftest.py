@@ -31,6 +31,7 @@ from gateway.http.app import create_app
 from gateway.http.auth import Scope, create_key
 from gateway.http.problems import PROBLEM_JSON, TYPE_BASE
 from gateway.settings import Settings
+from tests.api.served import served, served_env  # noqa: F401 (fixtures: `segue serve` itself)
 from tests.conftest import fresh_database
 
 KeyMaker = Callable[..., Awaitable[str]]

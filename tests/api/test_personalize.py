@@ -38,6 +38,8 @@ from gateway.http import personalize
 from gateway.http.auth import Scope, create_key
 from gateway.settings import Settings
 from tests.api.conftest import Api, connected, projections_caught_up, serving
+from tests.api.served import Gateway as ServedGateway
+from tests.api.served import run
 
 ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS_KEY = base64.b64encode(b"k" * 32).decode()
@@ -701,3 +703,70 @@ def test_a_mapping_to_no_surface_or_kind_stops_the_gateway_starting() -> None:
         personalize.check_settings(Settings(personalize_surfaces={"c": "nowhere"}))
     with pytest.raises(ValueError, match="unknown kind"):
         personalize.check_settings(Settings(personalize_item_kind="shirt"))
+
+
+@pytest.fixture
+def served_env() -> dict[str, str]:
+    return {
+        "SEGUE_CREDENTIALS_KEY": CREDENTIALS_KEY,
+        "SEGUE_PERSONALIZE_SURFACES": json.dumps(SURFACES),
+        "SEGUE_PERSONALIZE_EVENT_TYPES": json.dumps(EVENT_TYPES),
+    }
+
+
+async def test_the_sdk_against_segue_serve(
+    served: ServedGateway,
+    served_env: dict[str, str],
+    db_url: str,
+) -> None:
+    """As an operator runs it: `segue serve` in a process of its own, a key from `segue keys
+    create --aws` in another, boto3 pointed at it; every call of both clients once."""
+    code, out, err = await run(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        *("keys", "create", "--aws", "--name", "served", "--scopes", "recommend,ingest,catalog"),
+        env=served.env,
+        cwd=served.cwd,
+        limit_s=60,
+    )
+    assert code == 0, err
+    lines = dict(line.split(" = ", 1) for line in out.strip().splitlines())
+    sdk = clients(served.url, lines["aws_access_key_id"], lines["aws_secret_access_key"])
+    await put_catalogue(sdk)
+    got = await call(
+        sdk.runtime.get_recommendations, campaignArn=CAMPAIGN, userId="listener-9", numResults=3
+    )
+    slate = [i["itemId"] for i in got["itemList"]]
+    ranked = await call(
+        sdk.runtime.get_personalized_ranking,
+        campaignArn=RANKING,
+        userId="listener-9",
+        inputList=TRACKS[:4],
+    )
+    assert sorted(i["itemId"] for i in ranked["personalizedRanking"]) == sorted(TRACKS[:4])
+    await call(
+        sdk.events.put_events,
+        trackingId="tracker-9",
+        userId="listener-9",
+        sessionId="session-9",
+        eventList=[
+            {
+                "eventId": "served-e-1",
+                "eventType": "watch",
+                "itemId": slate[0],
+                "recommendationId": got["recommendationId"],
+                "sentAt": datetime.now(UTC),
+            }
+        ],
+    )
+    await call(
+        sdk.events.put_users,
+        datasetArn=arn("dataset", "users"),
+        users=[{"userId": "listener-9", "properties": json.dumps({"plan": "family"})}],
+    )
+    served_slates = await events_of(db_url, "RecommendationServed")
+    assert {s["recommendation_id"] for s in served_slates} >= {got["recommendationId"]}
+    [outcome] = await events_of(db_url, "OutcomeRecorded")
+    assert outcome["recommendation_id"] == got["recommendationId"]
+    assert outcome["kind"] == "stream_start"

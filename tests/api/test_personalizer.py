@@ -44,8 +44,8 @@ from gateway.http.auth import Scope
 from gateway.http.personalizer import paths
 from gateway.serving.personalizer import recommendation_id
 from tests.api.conftest import Api, KeyMaker, index_built, projections_caught_up, serving
-from tests.api.test_conformance import Gateway as ServedGateway
-from tests.api.test_conformance import run, served  # noqa: F401 (a fixture)
+from tests.api.served import Gateway as ServedGateway
+from tests.api.served import run
 from tests.api.test_endpoints import recorded_outcomes, served_events, stored
 from tests.integration.projection_helpers import eventually
 
@@ -576,7 +576,7 @@ async def test_every_route_wants_a_key_with_its_scope(gateway: Gateway, make_key
 
 
 async def test_the_sdk_against_segue_serve(
-    served: ServedGateway,  # noqa: F811 (the fixture imported above)
+    served: ServedGateway,
     db: asyncpg.Connection,
 ) -> None:
     """As an operator runs it: `segue serve` in a process of its own, a key from `segue keys
