@@ -72,14 +72,16 @@ class LoadedIndex:
         return [(self.items[i], float(d)) for i, d in zip(ids, dists, strict=True)]
 
     def nearest_rows(
-        self, vector: NDArray[np.float64], n: int
+        self, vector: NDArray[np.float64], n: int, *, search_k: int | None = None
     ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        """`nearest` as item rows and dot products: by Annoy at the search_k the build tuned,
-        or exactly where the build measured exact search to be faster."""
+        """`nearest` as item rows and dot products: by Annoy at the search_k the build tuned
+        (or `search_k`, if lower), or exactly where the build measured exact search to be
+        faster."""
         if self.manifest.get("search", {}).get("method") == "exact":
             return exact_nearest(self.item_vectors, vector, n)
+        k = self.search_k if search_k is None else min(search_k, self.search_k)
         ids, dists = self.annoy.get_nns_by_vector(
-            vector.tolist(), n, search_k=self.search_k, include_distances=True
+            vector.tolist(), n, search_k=k, include_distances=True
         )
         return np.asarray(ids, dtype=np.int64), np.asarray(dists, dtype=np.float64)
 

@@ -269,3 +269,21 @@ def test_search_k_is_raised_until_the_recall_target_and_exact_search_is_exact() 
     want = np.argsort(-(items @ queries[0]))[:25]
     assert rows.tolist() == want.tolist()
     assert np.allclose(dots, (items @ queries[0])[want])
+
+
+async def test_a_search_can_be_bounded_below_the_builds_search_k(
+    pg_store: PostgresEventStore, pool: asyncpg.Pool, db_url: str, tmp_path: Path
+) -> None:
+    """The recency-turned search asks for a lower search_k (RECENT_SEARCH_K); a bound above the
+    build's own is not taken, and the exact method ignores it."""
+    await seed(pg_store, pool, db_url)
+    entry = await build_and_publish(db_url, tmp_path, PARAMS)
+    index = load(tmp_path, entry)
+    vector = index.item_vectors[0].astype(np.float64)
+    index.manifest["search"] = {"method": "annoy"}
+    full = index.nearest_rows(vector, 10)
+    assert index.nearest_rows(vector, 10, search_k=10**9)[0].tolist() == full[0].tolist()
+    # A bound of one node leaves Annoy a single leaf to read: not the full search's answer.
+    assert index.nearest_rows(vector, 10, search_k=1)[0].tolist() != full[0].tolist()
+    index.manifest["search"] = {"method": "exact"}
+    assert len(index.nearest_rows(vector, 10, search_k=1)[0]) == 10
