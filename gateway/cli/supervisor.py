@@ -5,8 +5,9 @@ The parent only supervises:
   for them, killing the ones that outlast `STOP_SECONDS`;
 - a worker that dies (a crash, the OOM killer) is replaced, at most once a second, so the port
   keeps its N processes;
-- a worker whose parent dies, even by SIGKILL, gets SIGTERM from the kernel (Linux's parent-death
-  signal), so no orphan keeps serving a port nobody supervises.
+- a worker whose parent dies, even by SIGKILL, gets SIGTERM (the kernel's parent-death signal on
+  Linux, and its own watch of the parent's sentinel anywhere), and ends at once if its drain
+  outlasts `STOP_SECONDS`, so no orphan keeps serving a port nobody supervises.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
@@ -49,8 +51,28 @@ def die_with_parent(parent: int) -> None:
         raise SystemExit(1)
 
 
+def watch_parent() -> None:
+    """A second way to notice the parent's death, beside the kernel's signal: multiprocessing's
+    sentinel of the parent becomes readable when it dies (whatever thread started this worker,
+    on any platform). Then SIGTERM, the graceful stop; and if the worker is still there
+    `STOP_SECONDS` later (a drain that hangs), it ends at once, so that no orphan serves on."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        log.error("the supervising process is gone; this worker stops")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(STOP_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _worker(target: Callable[..., None], args: tuple[Any, ...], parent: int) -> None:
     die_with_parent(parent)
+    watch_parent()
     target(*args)
 
 

@@ -118,7 +118,8 @@ async def test_workers_are_replaced_and_stopped_with_the_parent(
             workers = workers_of(parent.pid)
             parent.kill()
             await parent.wait()
-            await _wait(lambda: not any(_alive(w) for w in workers), "orphaned workers to exit")
+            # SIGTERM at once, then a drain bounded by the supervisor's STOP_SECONDS (30).
+            await _wait(lambda: not any(_alive(w) for w in workers), "orphaned workers to exit", 60)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal")
