@@ -189,10 +189,10 @@ class Producer:
     refused: Counter[str] = field(default_factory=Counter)
     refused_ids: set[uuid.UUID] = field(default_factory=set)  # every event of a bad append
     unavailable: int = 0  # appends answered "unavailable" (retried if good)
-    # A refused append answered "unavailable" in a round where others were accepted: the
-    # refusal mistaken for an outage (its caller would retry it for ever), or an outage that
-    # began mid-round.
-    refusal_as_outage: int = 0
+    # Rounds where a refused append was answered "unavailable" while others were accepted:
+    # an outage that began mid-round, or the refusal mistaken for an outage (its caller would
+    # retry it for ever). Kept as (start, end) to be told apart by the outages' times.
+    refusal_as_outage: list[tuple[float, float]] = field(default_factory=list)
     rounds: int = 0
     retry: list[list[NewEvent]] = field(default_factory=list)
 
@@ -212,9 +212,11 @@ class Producer:
 
     async def round(self, bad: bool) -> None:
         self.rounds += 1
+        started = time.monotonic()
         appends: list[tuple[str | None, list[NewEvent]]] = [(None, e) for e in self.retry]
+        # Through an outage the appends to retry pile up: no new ones then.
+        appends += [(None, self.good()) for _ in range(12 if len(self.retry) < 24 else 0)]
         self.retry = []
-        appends += [(None, self.good()) for _ in range(12)]
         for _ in range(self.rng.randint(1, 2) if bad else 0):
             refusal = self.rng.choice(REFUSALS)
             events = [refused_event(self.rng, refusal, self.rng.choice(self.listeners))]
@@ -226,13 +228,14 @@ class Producer:
             *(self.store.append(events) for _, events in appends), return_exceptions=True
         )
         accepted = any(isinstance(r, AppendResult) for r in results)
+        mistaken = False
         for (kind, events), result in zip(appends, results, strict=True):
             if isinstance(result, StoreUnavailable):
                 self.unavailable += 1
                 if kind is None:
                     self.retry.append(events)
                 elif accepted:
-                    self.refusal_as_outage += 1
+                    mistaken = True
             elif kind is None:
                 if isinstance(result, AppendResult):
                     self.good_appends += 1
@@ -243,6 +246,8 @@ class Producer:
                 self.problems.add(f"an append carrying {kind} was accepted")
             elif isinstance(result, BaseException):
                 self.refused[kind] += 1
+        if mistaken:
+            self.refusal_as_outage.append((started, time.monotonic()))
 
 
 async def append_until_answered(store: PostgresEventStore, events: list[NewEvent]) -> AppendResult:
@@ -468,6 +473,7 @@ class Faults:
     bound: float
     problems: Problems
     injected: Counter[str] = field(default_factory=Counter)
+    outages: list[tuple[float, float]] = field(default_factory=list)  # PostgreSQL stopped/frozen
     frozen: list[tuple[float, float]] = field(default_factory=list)  # windows, monotonic
     probes: Counter[int] = field(default_factory=Counter)  # answers while frozen
     slowest_probe: float = 0.0
@@ -478,14 +484,17 @@ class Faults:
             self.gateway.kill()
             await asyncio.sleep(self.rng.uniform(0.1, 1.0))
             await self.gateway.start()
-        elif fault == "postgres frozen":
-            await self.freeze()
         elif fault == "projector cannot fold":
             await self.unfoldable()
         else:
-            await asyncio.to_thread(self.cluster.stop, fault.split()[1])
-            await asyncio.sleep(self.down)
-            await asyncio.to_thread(self.cluster.start)
+            began = time.monotonic()
+            if fault == "postgres frozen":
+                await self.freeze()
+            else:
+                await asyncio.to_thread(self.cluster.stop, fault.split()[1])
+                await asyncio.sleep(self.down)
+                await asyncio.to_thread(self.cluster.start)
+            self.outages.append((began, time.monotonic()))
         self.injected[fault] += 1
 
     async def freeze(self) -> None:
@@ -766,6 +775,14 @@ async def soak(
                         # A client call in its retries finishes them (90 s at most).
                         await until_stopped(side, 120)
                 in_freeze = check_no_hang(load, faults.frozen, bound, problems)
+                # A refused append answered "unavailable" is an outage's doing only during one
+                # (a statement sent before it may fail up to a bound after it ended).
+                for a, b in producer.refusal_as_outage:
+                    if not any(a <= end + bound and b >= begin for begin, end in faults.outages):
+                        problems.add(
+                            "a refused append answered unavailable, no outage near its "
+                            f"round ({b - a:.1f} s)"
+                        )
                 assert set(load.statuses) <= {200, 503}, load.statuses
                 conn = await asyncpg.connect(db_url, timeout=10, command_timeout=600)
                 try:
@@ -805,7 +822,7 @@ async def soak(
         f"refused appends {producer.refused.total()} ({counts(producer.refused)}) beside "
         f"{producer.good_appends} good appends stored once, none of theirs stored (appends "
         f"answered unavailable {producer.unavailable}, of them refused ones in a round with "
-        f"accepted appends {producer.refusal_as_outage}); "
+        f"accepted appends {len(producer.refusal_as_outage)}, all during outages); "
         f"409s {reuser.conflicts} (originals untouched), plain retries {reuser.plain_retries} "
         f"harmless; client calls {callers.calls.total()} returned ({counts(callers.calls)}), "
         f"raised {callers.raised.total()}, retries {callers.retries}; "
