@@ -191,8 +191,12 @@ class Runner:
         self.failed_position: int | None = None
         self._attempt: int | None = None  # first position of the batch being applied
         self._attempt_size = 0
-        # A batch failed: apply one event at a time to find which (not yet reported).
+        self._attempt_end = START  # where the batch being applied ends, in reading order
+        # A batch failed: apply one event at a time to find which (not yet reported), up to the
+        # end of that batch only. Going on one at a time until caught up would never end under
+        # steady appends: a runner applying one event per transaction falls further behind.
         self._narrowing = False
+        self._narrow_until = START
         self.on_batch = on_batch
         self.position = START
         self.version: Version | None = None
@@ -232,6 +236,7 @@ class Runner:
         if self._attempt_size > 1:
             # Which of the batch's events? Find out at once, one at a time, before saying.
             self._narrowing = True
+            self._narrow_until = self._attempt_end
             log.info(
                 "%s: a batch failed (%r); applying one event at a time", self.projection.name, exc
             )
@@ -259,6 +264,9 @@ class Runner:
     async def _recovered(self, conn: Connection, version: Version) -> None:
         log.info("%s: applied the event it was stopped at; going on", self.projection.name)
         self.failure = self.failed_position = None
+        # Full batches again: if another event of the batch that failed fails too, its batch
+        # fails and is narrowed down anew.
+        self._narrowing = False
         self._failure_backoff.reset()
         PROJECTION_FAILED.labels(self.projection.name).set(0)
         await conn.execute(
@@ -326,7 +334,10 @@ class Runner:
                     continue
                 self.caught_up = False
                 self._attempt, self._attempt_size = rows[0][0], len(rows)
+                self._attempt_end = Position(int(rows[-1][1]), rows[-1][0])
                 await self._apply(conn, version, rows)
+                if self._narrowing and self.position >= self._narrow_until:
+                    self._narrowing = False  # every event of the batch that failed applied
                 await self._settle(conn, version, samples, applied_below)
                 if self.failure is not None and (
                     self.failed_position is None or rows[-1][0] >= self.failed_position
