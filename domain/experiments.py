@@ -1,0 +1,369 @@
+"""Online experiments: what one is, who is in which arm, and what the log says about the arms.
+
+Pure, as the rest of `domain`: the definition and its checks, the assignment of a listener to an
+arm, and the statistics of the analysis. The gateway records definitions and assignments as
+events and folds outcomes into per-listener values; everything it concludes is computed here.
+
+Assignment
+----------
+A listener's arm is a function of the experiment's salt, its name and the listener's pseudonym
+only: blake2b of the three gives a number in [0, 1), and the arms' cumulative weights cut [0, 1)
+into intervals. It needs no table to be sticky (the same listener always lands in the same arm),
+every surface and every process computes the same arm, and two experiments with different salts
+split the listeners independently of each other (docs/decisions.md, experiments).
+
+The unit is the listener
+------------------------
+A listener sees many slates, and their slates are not independent: treating slates as the unit
+makes intervals too narrow. Every metric is first reduced to one value per listener (the mean
+reward per slate they were served within the experiment), and the arms are compared on those
+values.
+
+Always-valid intervals
+----------------------
+Teams look at a running experiment every day and stop when it looks decided. A fixed-sample
+interval checked every day covers far less often than it says. The interval for the difference
+of arm means is the normal-mixture (mixture sequential probability ratio test) confidence
+sequence: with D the difference of the arms' means, V its estimated variance and a N(0, tau^2)
+mixing distribution over the true difference,
+
+    D +- sqrt( V (V + tau^2) / tau^2 * ( log((V + tau^2) / V) + 2 log(1 / alpha) ) )
+
+contains the true difference at every look simultaneously with probability at least 1 - alpha
+(exactly for Gaussian means with known variance; asymptotically when V is estimated, which is
+what the simulation in bench/experiments.py measures). tau is the experiment's minimum detectable
+effect: the mixture then spends its power where the team said effects matter.
+
+CUPED
+-----
+Where a listener has a value of the same metric from before the experiment (X), the arms are
+compared on Y - theta (X - mean X), theta = cov(X, Y) / var(X) over both arms pooled. The
+adjustment does not move the expected difference (X is from before assignment, so independent
+of the arm) and removes the share of the variance that X explains. Listeners without a pre-period
+value are given the mean of those with one, which leaves them unadjusted.
+
+Sample-ratio mismatch
+---------------------
+The counts of listeners in each arm are checked against the configured split with Pearson's
+chi-square; p below 0.001 flags the split as broken (a strict threshold, because the check is
+repeated at every look and a broken split is usually far off, not marginally).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.stats import chi2
+
+from domain.ranking import PolicyParams
+from domain.rewards import DEFAULT, RewardDefinition
+
+FloatArray = NDArray[np.float64]
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SRM_THRESHOLD = 0.001
+# The tunables an arm may set: every PolicyParams field but the two that name the policy, which
+# an arm's params derive (`logged_version` tells its slates apart).
+TUNABLES = frozenset(f.name for f in fields(PolicyParams)) - {"name", "version"}
+# Named policy versions an arm can ask for instead of (or under) its overrides. Only the current
+# default exists as code; older versions are not kept runnable.
+POLICY_VERSIONS: Mapping[str, PolicyParams] = {PolicyParams().version: PolicyParams()}
+
+
+class InvalidExperiment(ValueError):
+    """A definition that cannot run; `field` names the offending part."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """One arm: a share of the traffic and the policy it is served with (the named version's
+    parameters, then the overrides)."""
+
+    name: str
+    weight: float
+    params: Mapping[str, float | int] = field(default_factory=dict)
+    policy_version: str | None = None
+
+    def policy(self) -> PolicyParams:
+        base = POLICY_VERSIONS[self.policy_version or PolicyParams().version]
+        overrides: dict[str, Any] = dict(self.params)
+        return replace(base, **overrides)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weight": self.weight,
+            "params": dict(self.params),
+            "policy_version": self.policy_version,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Arm:
+        return Arm(
+            name=str(data["name"]),
+            weight=float(data["weight"]),
+            params=dict(data.get("params") or {}),
+            policy_version=data.get("policy_version"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """A named reward definition: the primary metric or a guardrail."""
+
+    name: str
+    reward: RewardDefinition = DEFAULT
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "reward": self.reward.to_json()}
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Metric:
+        return Metric(name=str(data["name"]), reward=RewardDefinition.from_json(data["reward"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    """What `ExperimentStarted` records. `salt` is drawn when it starts, so that a name used
+    again later does not split listeners the way it did before."""
+
+    name: str
+    hypothesis: str
+    arms: tuple[Arm, ...]
+    surfaces: tuple[str, ...]
+    primary: Metric
+    minimum_detectable_effect: float
+    salt: str
+    guardrails: tuple[Metric, ...] = ()
+    alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def arm(self, name: str) -> Arm:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def covers(self, surface: str) -> bool:
+        return surface in self.surfaces
+
+    def weights(self) -> FloatArray:
+        w = np.array([a.weight for a in self.arms], dtype=np.float64)
+        out: FloatArray = w / w.sum()
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "hypothesis": self.hypothesis,
+            "arms": [a.to_json() for a in self.arms],
+            "surfaces": list(self.surfaces),
+            "primary": self.primary.to_json(),
+            "guardrails": [g.to_json() for g in self.guardrails],
+            "minimum_detectable_effect": self.minimum_detectable_effect,
+            "salt": self.salt,
+            "alpha": self.alpha,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Experiment:
+        """Parse and check a definition; raises `InvalidExperiment` (a ValueError) naming the
+        offending field."""
+        try:
+            arms = tuple(Arm.from_json(a) for a in data["arms"])
+            primary = Metric.from_json(data["primary"])
+            guardrails = tuple(Metric.from_json(g) for g in data.get("guardrails") or ())
+            return Experiment(
+                name=str(data["name"]),
+                hypothesis=str(data.get("hypothesis", "")),
+                arms=arms,
+                surfaces=tuple(str(s) for s in data["surfaces"]),
+                primary=primary,
+                minimum_detectable_effect=float(data["minimum_detectable_effect"]),
+                salt=str(data["salt"]),
+                guardrails=guardrails,
+                alpha=float(data.get("alpha", 0.05)),
+            )
+        except InvalidExperiment:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidExperiment("experiment", f"invalid definition: {exc!r}") from None
+
+
+def validate(e: Experiment) -> None:
+    if not NAME.match(e.name):
+        raise InvalidExperiment("name", "1-63 lower-case letters, digits, '-' or '_'")
+    if len(e.arms) < 2:
+        raise InvalidExperiment("arms", "an experiment needs at least two arms")
+    names = [a.name for a in e.arms]
+    if len(set(names)) != len(names):
+        raise InvalidExperiment("arms", "arm names must be distinct")
+    for i, a in enumerate(e.arms):
+        where = f"arms[{i}]"
+        if not NAME.match(a.name):
+            raise InvalidExperiment(f"{where}.name", "1-63 lower-case letters, digits, '-' or '_'")
+        if not (math.isfinite(a.weight) and a.weight > 0):
+            raise InvalidExperiment(f"{where}.weight", "must be a positive number")
+        if a.policy_version is not None and a.policy_version not in POLICY_VERSIONS:
+            known = ", ".join(sorted(POLICY_VERSIONS))
+            raise InvalidExperiment(f"{where}.policy_version", f"unknown (known: {known})")
+        unknown = set(a.params) - TUNABLES
+        if unknown:
+            raise InvalidExperiment(f"{where}.params", f"unknown parameters {sorted(unknown)}")
+        for k, v in a.params.items():
+            # bool is an int to Python, and NaN passes every range check by failing comparisons.
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise InvalidExperiment(f"{where}.params.{k}", "must be a finite number")
+        try:
+            a.policy()
+        except (ValueError, TypeError) as exc:
+            raise InvalidExperiment(f"{where}.params", str(exc)) from None
+    if not e.surfaces or len(set(e.surfaces)) != len(e.surfaces):
+        raise InvalidExperiment("surfaces", "at least one surface, each named once")
+    if not (math.isfinite(e.minimum_detectable_effect) and e.minimum_detectable_effect > 0):
+        raise InvalidExperiment("minimum_detectable_effect", "must be a positive number")
+    if not 0.0 < e.alpha < 0.5:
+        raise InvalidExperiment("alpha", "must be in (0, 0.5)")
+    if not e.salt:
+        raise InvalidExperiment("salt", "must not be empty")
+    metric_names = [e.primary.name, *(g.name for g in e.guardrails)]
+    if len(set(metric_names)) != len(metric_names):
+        raise InvalidExperiment("guardrails", "metric names must be distinct")
+
+
+# --- assignment ---------------------------------------------------------------------------------
+
+
+def unit_hash(salt: str, experiment: str, listener: str) -> float:
+    """A uniform number in [0, 1) fixed by (salt, experiment, listener). The parts are
+    length-prefixed so that no two different triples hash the same bytes."""
+    data = "".join(f"{len(p)}:{p}" for p in (salt, experiment, listener)).encode()
+    digest = hashlib.blake2b(data, digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def assign(e: Experiment, listener: str) -> Arm:
+    """The arm `listener` (a pseudonym) is in: sticky, and the same in every process."""
+    u = unit_hash(e.salt, e.name, listener)
+    edges = np.cumsum(e.weights())
+    k = int(np.searchsorted(edges, u, side="right"))
+    return e.arms[min(k, len(e.arms) - 1)]  # u < 1 = edges[-1] up to rounding
+
+
+# --- analysis -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """An always-valid interval for (treatment mean - control mean)."""
+
+    difference: float
+    low: float
+    high: float
+    variance: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0.0 or self.high < 0.0
+
+    def covers(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+def mixture_half_width(variance: float, tau: float, alpha: float) -> float:
+    """Half-width of the normal-mixture confidence sequence for an estimate of variance
+    `variance`, mixing N(0, tau^2) over the true difference."""
+    if variance <= 0.0:
+        return 0.0
+    t2 = tau * tau
+    return math.sqrt(
+        variance
+        * (variance + t2)
+        / t2
+        * (math.log((variance + t2) / variance) - 2 * math.log(alpha))
+    )
+
+
+def fixed_half_width(variance: float, alpha: float) -> float:
+    """The fixed-sample normal interval's half-width: valid at one look only (shown for
+    comparison, never used to decide)."""
+    return NormalDist().inv_cdf(1 - alpha / 2) * math.sqrt(max(variance, 0.0))
+
+
+def cuped(y: FloatArray, x: FloatArray) -> tuple[FloatArray, float]:
+    """`y` adjusted by the pre-period covariate `x` (NaN where a listener has none), and theta.
+    Unchanged where `x` has fewer than two distinct values."""
+    x = np.asarray(x, dtype=np.float64)
+    known = ~np.isnan(x)
+    if known.sum() < 2:
+        return y, 0.0
+    filled = np.where(known, x, x[known].mean())
+    var = float(filled.var())
+    if var <= 0.0:
+        return y, 0.0
+    theta = float(np.mean((filled - filled.mean()) * (y - y.mean())) / var)
+    adjusted: FloatArray = y - theta * (filled - filled.mean())
+    return adjusted, theta
+
+
+def difference(
+    control: FloatArray,
+    treatment: FloatArray,
+    tau: float,
+    alpha: float,
+    control_pre: FloatArray | None = None,
+    treatment_pre: FloatArray | None = None,
+) -> Interval | None:
+    """The always-valid interval for mean(treatment) - mean(control), one value per listener;
+    CUPED-adjusted when pre-period values are given (NaN for a listener without one). None with
+    fewer than two listeners in an arm."""
+    a = np.asarray(control, dtype=np.float64)
+    b = np.asarray(treatment, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if control_pre is not None and treatment_pre is not None:
+        both, _ = cuped(np.concatenate([a, b]), np.concatenate([control_pre, treatment_pre]))
+        a, b = both[: len(a)], both[len(a) :]
+    d = float(b.mean() - a.mean())
+    v = float(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    h = mixture_half_width(v, tau, alpha)
+    return Interval(d, d - h, d + h, v)
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRatio:
+    counts: tuple[int, ...]
+    expected: tuple[float, ...]
+    statistic: float
+    p_value: float
+
+    @property
+    def mismatch(self) -> bool:
+        return self.p_value < SRM_THRESHOLD
+
+
+def sample_ratio(counts: Sequence[int], weights: Sequence[float]) -> SampleRatio:
+    """Pearson's chi-square of the arms' listener counts against the configured split."""
+    n = np.asarray(counts, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    total = float(n.sum())
+    expected = total * w / w.sum()
+    if total == 0:
+        return SampleRatio(tuple(int(c) for c in counts), tuple(expected.tolist()), 0.0, 1.0)
+    stat = float(np.sum((n - expected) ** 2 / expected))
+    p = float(chi2.sf(stat, len(n) - 1))
+    return SampleRatio(tuple(int(c) for c in counts), tuple(expected.tolist()), stat, p)
