@@ -54,8 +54,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
 from statistics import NormalDist
 from typing import Any
 
@@ -63,7 +64,15 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import chi2
 
+from domain.events import (
+    DomainEvent,
+    ExperimentShipped,
+    ExperimentStarted,
+    ExperimentStopped,
+    OutcomeKind,
+)
 from domain.ranking import PolicyParams
+from domain.reward_fold import CLOCK_SKEW
 from domain.rewards import DEFAULT, RewardDefinition
 
 FloatArray = NDArray[np.float64]
@@ -245,6 +254,61 @@ def validate(e: Experiment) -> None:
         raise InvalidExperiment("guardrails", "metric names must be distinct")
 
 
+# --- lifecycle ----------------------------------------------------------------------------------
+
+RUNNING, STOPPED, SHIPPED = "running", "stopped", "shipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """An experiment as the `experiments` stream tells it."""
+
+    experiment: Experiment
+    started_at: datetime
+    status: str = RUNNING
+    ended_at: datetime | None = None
+    shipped_arm: str | None = None
+    reason: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+
+def fold_lifecycles(events: Iterable[DomainEvent]) -> dict[str, Lifecycle]:
+    """Every experiment of the `experiments` stream, by name, in the order they started.
+    Events the stream should not hold (a stop of an unknown or ended experiment) change nothing:
+    the services refuse to write them, and a fold must not fail on history."""
+    out: dict[str, Lifecycle] = {}
+    for e in events:
+        if isinstance(e, ExperimentStarted) and e.name not in out:
+            out[e.name] = Lifecycle(Experiment.from_json(e.definition), e.started_at)
+        elif isinstance(e, ExperimentStopped) and e.name in out and out[e.name].running:
+            out[e.name] = replace(
+                out[e.name], status=STOPPED, ended_at=e.stopped_at, reason=e.reason
+            )
+        elif isinstance(e, ExperimentShipped) and e.name in out and out[e.name].running:
+            out[e.name] = replace(
+                out[e.name], status=SHIPPED, ended_at=e.shipped_at, shipped_arm=e.arm
+            )
+    return out
+
+
+def covering(lifecycles: Iterable[Lifecycle], surface: str) -> Experiment | None:
+    """The running experiment that covers `surface`: at most one does (starting an experiment
+    on a surface another running one covers is refused), so a slate has one policy."""
+    for lc in lifecycles:
+        if lc.running and lc.experiment.covers(surface):
+            return lc.experiment
+    return None
+
+
+def overlapping(lifecycles: Iterable[Lifecycle], e: Experiment) -> list[str]:
+    """The surfaces of `e` that a running experiment already covers."""
+    taken = {s for lc in lifecycles if lc.running for s in lc.experiment.surfaces}
+    return [s for s in e.surfaces if s in taken]
+
+
 # --- assignment ---------------------------------------------------------------------------------
 
 
@@ -367,3 +431,162 @@ def sample_ratio(counts: Sequence[int], weights: Sequence[float]) -> SampleRatio
     stat = float(np.sum((n - expected) ** 2 / expected))
     p = float(chi2.sf(stat, len(n) - 1))
     return SampleRatio(tuple(int(c) for c in counts), tuple(expected.tolist()), stat, p)
+
+
+# --- the analysis of an experiment's log ----------------------------------------------------------
+
+PRE_PERIOD_DAYS = 14  # how far before the start a listener's slates count as their covariate
+
+
+@dataclass(frozen=True, slots=True)
+class Slate:
+    recommendation_id: str
+    user: str
+    arm: str | None  # None for a slate from before the experiment (the CUPED pre-period)
+    requested_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    recommendation_id: str
+    kind: OutcomeKind
+    value: float | None
+    occurred_at: datetime
+
+
+@dataclass
+class ListenerRecord:
+    """One listener's exposures and attributed rewards, per metric, in the experiment and in
+    the pre-period."""
+
+    arm: str
+    slates: int = 0
+    rewards: dict[str, float] = field(default_factory=dict)
+    pre_slates: int = 0
+    pre_rewards: dict[str, float] = field(default_factory=dict)
+
+
+def listener_records(
+    e: Experiment, slates: Iterable[Slate], outcomes: Iterable[Outcome]
+) -> dict[str, ListenerRecord]:
+    """Per listener in the experiment: slates and the reward of each metric attributed to them
+    (an outcome counts for the slate it names, inside the metric's window for its kind, with
+    the clock skew the rewards projection allows). Pre-period slates count for listeners in
+    the experiment only."""
+    metrics = (e.primary, *e.guardrails)
+    slate_list = list(slates)
+    by_id = {s.recommendation_id: s for s in slate_list}
+    out: dict[str, ListenerRecord] = {}
+    for s in slate_list:
+        if s.arm is not None:
+            record = out.setdefault(s.user, ListenerRecord(s.arm))
+            record.slates += 1
+    for s in slate_list:
+        if s.arm is None and s.user in out:
+            out[s.user].pre_slates += 1
+    for o in outcomes:
+        slate = by_id.get(o.recommendation_id)
+        if slate is None or slate.user not in out:
+            continue
+        record = out[slate.user]
+        rewards = record.rewards if slate.arm is not None else record.pre_rewards
+        for m in metrics:
+            start, end = slate.requested_at - CLOCK_SKEW, slate.requested_at
+            if start <= o.occurred_at <= end + m.reward.window(o.kind):
+                weight = float(m.reward.weight(o.kind, o.value))
+                rewards[m.name] = rewards.get(m.name, 0.0) + weight
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ArmSummary:
+    name: str
+    weight: float
+    listeners: int
+    slates: int
+    means: Mapping[str, float]  # per metric: the mean over listeners of reward per slate
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One arm against the control (the first arm) on one metric."""
+
+    metric: str
+    arm: str
+    interval: Interval | None
+    guardrail: bool
+    cuped: bool
+
+    @property
+    def verdict(self) -> str:
+        if self.interval is None:
+            return "too few listeners"
+        if self.interval.low > 0:
+            return "better"
+        if self.interval.high < 0:
+            return "guardrail breached" if self.guardrail else "worse"
+        return "undecided"
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    arms: tuple[ArmSummary, ...]
+    sample_ratio: SampleRatio
+    comparisons: tuple[Comparison, ...]
+    method: str = (
+        "normal-mixture always-valid interval (mSPRT), tau = minimum detectable effect; "
+        "listener-level means; CUPED on the pre-period's reward per slate"
+    )
+
+
+def analyse(e: Experiment, records: Mapping[str, ListenerRecord]) -> Analysis:
+    """Per arm: listeners, slates, metric means; every other arm against the first, per metric,
+    with always-valid intervals; the sample-ratio check."""
+    metrics = (e.primary, *e.guardrails)
+    by_arm: dict[str, list[ListenerRecord]] = {a.name: [] for a in e.arms}
+    for r in records.values():
+        if r.arm in by_arm and r.slates > 0:
+            by_arm[r.arm].append(r)
+
+    def values(rs: list[ListenerRecord], metric: str) -> tuple[FloatArray, FloatArray]:
+        y = np.array([r.rewards.get(metric, 0.0) / r.slates for r in rs], dtype=np.float64)
+        x = np.array(
+            [
+                r.pre_rewards.get(metric, 0.0) / r.pre_slates if r.pre_slates else math.nan
+                for r in rs
+            ],
+            dtype=np.float64,
+        )
+        return y, x
+
+    arms = tuple(
+        ArmSummary(
+            a.name,
+            float(w),
+            len(by_arm[a.name]),
+            sum(r.slates for r in by_arm[a.name]),
+            {
+                m.name: float(values(by_arm[a.name], m.name)[0].mean()) if by_arm[a.name] else 0.0
+                for m in metrics
+            },
+        )
+        for a, w in zip(e.arms, e.weights(), strict=True)
+    )
+    control = e.arms[0].name
+    comparisons = []
+    for a in e.arms[1:]:
+        for m in metrics:
+            ya, xa = values(by_arm[control], m.name)
+            yb, xb = values(by_arm[a.name], m.name)
+            with_pre = bool(np.any(~np.isnan(xa)) or np.any(~np.isnan(xb)))
+            interval = difference(
+                ya,
+                yb,
+                e.minimum_detectable_effect,
+                e.alpha,
+                xa if with_pre else None,
+                xb if with_pre else None,
+            )
+            comparisons.append(Comparison(m.name, a.name, interval, m is not e.primary, with_pre))
+    srm = sample_ratio([s.listeners for s in arms], [s.weight for s in arms])
+    return Analysis(arms, srm, tuple(comparisons))

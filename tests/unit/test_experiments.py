@@ -5,6 +5,7 @@ narrows it without moving it, and a broken split is flagged."""
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -13,16 +14,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom
 
+from domain.events import (
+    DomainEvent,
+    ExperimentShipped,
+    ExperimentStarted,
+    ExperimentStopped,
+    OutcomeKind,
+)
 from domain.experiments import (
     Arm,
     Experiment,
     InvalidExperiment,
     Metric,
+    Outcome,
+    Slate,
+    analyse,
     assign,
+    covering,
     cuped,
     difference,
     fixed_half_width,
+    fold_lifecycles,
+    listener_records,
     mixture_half_width,
+    overlapping,
     sample_ratio,
     unit_hash,
 )
@@ -211,3 +226,98 @@ def test_a_broken_split_is_flagged() -> None:
     assert not sample_ratio([5_050, 4_950], [1.0, 1.0]).mismatch
     assert sample_ratio([0, 0], [1.0, 1.0]).p_value == 1.0
     assert not sample_ratio([9_000, 1_000], [0.9, 0.1]).mismatch
+
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def test_lifecycle_fold_follows_start_stop_and_ship() -> None:
+    a, b = experiment(name="a"), experiment(name="b", surfaces=("music",))
+    events: list[DomainEvent] = [
+        ExperimentStarted("a", a.to_json(), NOW),
+        ExperimentStarted("b", b.to_json(), NOW),
+        ExperimentStopped("a", "enough", NOW + timedelta(days=1)),
+        ExperimentShipped("a", "treatment", NOW + timedelta(days=2)),  # ended: no effect
+        ExperimentStopped("nope", "", NOW),
+    ]
+    folded = fold_lifecycles(events)
+    assert list(folded) == ["a", "b"]
+    assert (folded["a"].status, folded["a"].reason) == ("stopped", "enough")
+    assert folded["b"].running
+    assert covering(folded.values(), "music") == b
+    assert covering(folded.values(), "home") is None
+    assert overlapping(folded.values(), experiment(name="c", surfaces=("home", "music"))) == [
+        "music"
+    ]
+    shipped = fold_lifecycles([*events[:2], ExperimentShipped("b", "control", NOW)])
+    assert (shipped["b"].status, shipped["b"].shipped_arm) == ("shipped", "control")
+
+
+def _slates_and_outcomes(
+    e: Experiment, listeners: int, effect: float, seed: int
+) -> tuple[list[Slate], list[Outcome]]:
+    """Each listener: two pre-period slates and three in the experiment; a stream on a slate
+    with probability 0.3 (+ effect in the treatment), more for listeners who streamed before."""
+    rng = np.random.default_rng(seed)
+    slates, outcomes = [], []
+    for u in range(listeners):
+        user = f"p-{u}"
+        arm = assign(e, user).name
+        keen = rng.random() < 0.5
+        for k in range(5):
+            rid = f"{user}/{k}"
+            pre = k < 2
+            at = NOW + timedelta(days=k - 2)
+            slates.append(Slate(rid, user, None if pre else arm, at))
+            p = 0.2 + 0.3 * keen + (effect if arm == "treatment" and not pre else 0.0)
+            if rng.random() < p:
+                outcomes.append(Outcome(rid, OutcomeKind.STREAM_30S, None, at + timedelta(hours=1)))
+    return slates, outcomes
+
+
+def test_listener_records_attribute_within_the_window_and_split_the_pre_period() -> None:
+    e = experiment()
+    user = "p-1"
+    arm = assign(e, user).name
+    slates = [Slate("r1", user, arm, NOW), Slate("r0", user, None, NOW - timedelta(days=3))]
+    outcomes = [
+        Outcome("r1", OutcomeKind.STREAM_30S, None, NOW + timedelta(hours=1)),
+        Outcome("r1", OutcomeKind.STREAM_30S, None, NOW + timedelta(days=2)),  # past its window
+        Outcome("r1", OutcomeKind.SAVE, None, NOW + timedelta(days=2)),
+        Outcome("r0", OutcomeKind.SKIP, 1000.0, NOW - timedelta(days=3)),
+        Outcome("unknown", OutcomeKind.SAVE, None, NOW),
+    ]
+    records = listener_records(e, slates, outcomes)
+    assert list(records) == [user]
+    r = records[user]
+    assert (r.arm, r.slates, r.pre_slates) == (arm, 1, 1)
+    assert r.rewards == {"reward": 3.0}
+    assert r.pre_rewards == {"reward": -0.5}
+
+
+def test_analysis_finds_the_effect_and_uses_the_pre_period() -> None:
+    e = experiment(minimum_detectable_effect=0.05, guardrails=(Metric("guard"),))
+    slates, outcomes = _slates_and_outcomes(e, 3000, 0.15, seed=1)
+    result = analyse(e, listener_records(e, slates, outcomes))
+    assert [a.name for a in result.arms] == ["control", "treatment"]
+    assert sum(a.listeners for a in result.arms) == 3000
+    assert all(a.slates == 3 * a.listeners for a in result.arms)
+    assert not result.sample_ratio.mismatch
+    primary = result.comparisons[0]
+    assert (primary.metric, primary.arm, primary.cuped, primary.guardrail) == (
+        "reward",
+        "treatment",
+        True,
+        False,
+    )
+    assert primary.verdict == "better"
+    assert primary.interval is not None
+    assert primary.interval.covers(0.15)
+    assert result.comparisons[1].guardrail
+
+
+def test_analysis_without_listeners_says_so() -> None:
+    e = experiment()
+    result = analyse(e, {})
+    assert [c.verdict for c in result.comparisons] == ["too few listeners"]
+    assert result.sample_ratio.p_value == 1.0
