@@ -82,6 +82,7 @@ SRM_THRESHOLD = 0.001
 # The tunables an arm may set: every PolicyParams field but the two that name the policy, which
 # an arm's params derive (`logged_version` tells its slates apart).
 TUNABLES = frozenset(f.name for f in fields(PolicyParams)) - {"name", "version"}
+INTEGER_TUNABLES = frozenset(k for k in TUNABLES if isinstance(getattr(PolicyParams(), k), int))
 # Named policy versions an arm can ask for instead of (or under) its overrides. Only the current
 # default exists as code; older versions are not kept runnable.
 POLICY_VERSIONS: Mapping[str, PolicyParams] = {PolicyParams().version: PolicyParams()}
@@ -107,7 +108,11 @@ class Arm:
 
     def policy(self) -> PolicyParams:
         base = POLICY_VERSIONS[self.policy_version or PolicyParams().version]
-        overrides: dict[str, Any] = dict(self.params)
+        # JSON has one number type: a count (tail, max_per_group) arrives as 3.0 and must be
+        # served as 3, or slicing by it fails.
+        overrides: dict[str, Any] = {
+            k: int(v) if k in INTEGER_TUNABLES else float(v) for k, v in self.params.items()
+        }
         return replace(base, **overrides)
 
     def to_json(self) -> dict[str, Any]:
@@ -237,6 +242,8 @@ def validate(e: Experiment) -> None:
             # bool is an int to Python, and NaN passes every range check by failing comparisons.
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise InvalidExperiment(f"{where}.params.{k}", "must be a finite number")
+            if k in INTEGER_TUNABLES and v != int(v):
+                raise InvalidExperiment(f"{where}.params.{k}", "must be a whole number")
         try:
             a.policy()
         except (ValueError, TypeError) as exc:

@@ -40,6 +40,7 @@ from gateway.projections.definitions import q
 from gateway.projections.rewards import LiveVersions
 from gateway.serving.catalog import Catalog
 from gateway.serving.errors import IdempotencyKeyReused
+from gateway.serving.experiments import Chosen, Experiments
 from gateway.serving.items import KIND_CODES, ItemTable, string_hash, tiebreak, tiebreaks
 from gateway.serving.listeners import Pseudonyms
 from gateway.serving.requests import BlendIn, ItemKind, RecommendationIn, Surface
@@ -104,6 +105,7 @@ class Recommender:
         index: IndexHolder,
         versions: LiveVersions,
         params: PolicyParams | None = None,
+        experiments: Experiments | None = None,
     ) -> None:
         self._pool = pool
         self._store = store
@@ -113,6 +115,7 @@ class Recommender:
         self._index = index
         self._versions = versions
         self.params = params or PolicyParams()
+        self._experiments = experiments
 
     async def heard(self, user: str) -> set[str]:
         """What this listener has already streamed (the listeners projection)."""
@@ -249,7 +252,13 @@ class Recommender:
         candidates = await self._gather(
             user, req.surface, req.kinds, req.exclude, req.candidates, rng, replays=replays
         )
-        slate, branch = draw_with_branch(candidates, req.n, self.params, rng)
+        # A running experiment covering the surface draws the slate with the listener's arm's
+        # policy, and the slate logs that policy's propensities: exact within the arm.
+        chosen = None
+        if self._experiments is not None:
+            chosen = await self._experiments.arm_for(user, req.surface.value)
+        params = chosen.arm.policy() if chosen is not None else self.params
+        slate, branch = draw_with_branch(candidates, req.n, params, rng)
         SLATES.labels(req.surface.value, branch).inc()
         return await self._log_once(
             rid,
@@ -263,6 +272,8 @@ class Recommender:
             exclude=req.exclude,
             kinds=req.kinds,
             keyed=recommendation_id is not None,
+            params=params,
+            chosen=chosen,
         )
 
     async def blend(
@@ -411,16 +422,19 @@ class Recommender:
         exclude: list[str] | None = None,
         kinds: list[ItemKind] | None = None,
         members: list[str] | None = None,
+        params: PolicyParams | None = None,
+        chosen: Chosen | None = None,
     ) -> RecommendationServed:
         index = self._index.current
+        policy = params or self.params
         event = RecommendationServed(
             recommendation_id=recommendation_id,
             user=user,
             surface=surface,
             context=dict(context or {}),
             slate=slate,
-            policy_name=self.params.name,
-            policy_version=self.params.logged_version,
+            policy_name=policy.name,
+            policy_version=policy.logged_version,
             index_version=index.version if index is not None else NO_INDEX,
             requested_at=self._clock(),
             candidates=tuple(candidates) if candidates is not None else None,
@@ -428,9 +442,15 @@ class Recommender:
             kinds=tuple(k.value for k in kinds or ()),
             n=n,
             members=tuple(members or ()),
+            experiment=chosen.experiment.name if chosen is not None else None,
+            arm=chosen.arm.name if chosen is not None else None,
         )
+        # The listener's first slate in an experiment carries their assignment, in the same
+        # commit: an assignment is never logged without the exposure that caused it.
+        assignment = [chosen.assignment] if chosen is not None and chosen.assignment else []
         await self._store.append(
             [
+                *assignment,
                 NewEvent(
                     # Its own event id: a client reusing a recommendation id as an outcome's
                     # event id must not be answered "duplicate".
@@ -439,10 +459,12 @@ class Recommender:
                     event.TYPE,
                     event.SCHEMA_VERSION,
                     to_payload(event),
-                )
+                ),
             ],
             expected={event.stream_id(): NO_STREAM},
         )
+        if chosen is not None and self._experiments is not None:
+            self._experiments.appended(chosen)
         return event
 
 

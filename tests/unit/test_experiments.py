@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pytest
@@ -22,6 +22,7 @@ from domain.events import (
     OutcomeKind,
 )
 from domain.experiments import (
+    TUNABLES,
     Arm,
     Experiment,
     InvalidExperiment,
@@ -42,6 +43,7 @@ from domain.experiments import (
     unit_hash,
 )
 from domain.ranking import PolicyParams
+from gateway.serving.requests import PolicyParam
 
 
 def experiment(**overrides: Any) -> Experiment:
@@ -56,6 +58,12 @@ def experiment(**overrides: Any) -> Experiment:
     }
     base.update(overrides)
     return Experiment(**base)
+
+
+def test_whole_numbers_from_json_are_served_as_integers() -> None:
+    arm = Arm("b", 1.0, {"tail": 2.0, "epsilon": 0})
+    assert isinstance(arm.policy().tail, int)
+    assert isinstance(arm.policy().epsilon, float)
 
 
 def test_definition_round_trips_through_json() -> None:
@@ -84,6 +92,7 @@ def test_arm_policy_applies_overrides_and_changes_the_logged_version() -> None:
         ({"arms": (Arm("a", 1.0), Arm("b", 1.0, {"epsilon": math.nan}))}, "arms[1].params.epsilon"),
         ({"arms": (Arm("a", 1.0), Arm("b", 1.0, {"tail": True}))}, "arms[1].params.tail"),
         ({"arms": (Arm("a", 1.0), Arm("b", 1.0, policy_version="0"))}, "arms[1].policy_version"),
+        ({"arms": (Arm("a", 1.0), Arm("b", 1.0, {"tail": 2.5}))}, "arms[1].params.tail"),
         ({"surfaces": ()}, "surfaces"),
         ({"minimum_detectable_effect": 0.0}, "minimum_detectable_effect"),
         ({"alpha": 0.7}, "alpha"),
@@ -321,3 +330,7 @@ def test_analysis_without_listeners_says_so() -> None:
     result = analyse(e, {})
     assert [c.verdict for c in result.comparisons] == ["too few listeners"]
     assert result.sample_ratio.p_value == 1.0
+
+
+def test_the_published_tunables_are_the_policys() -> None:
+    assert set(get_args(PolicyParam)) == TUNABLES
