@@ -56,7 +56,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from statistics import NormalDist
 from typing import Any
 
@@ -597,3 +597,25 @@ def analyse(e: Experiment, records: Mapping[str, ListenerRecord]) -> Analysis:
             comparisons.append(Comparison(m.name, a.name, interval, m is not e.primary, with_pre))
     srm = sample_ratio([s.listeners for s in arms], [s.weight for s in arms])
     return Analysis(arms, srm, tuple(comparisons))
+
+
+def daily(
+    e: Experiment, slates: Sequence[Slate], outcomes: Sequence[Outcome], until: datetime
+) -> list[tuple[date, Analysis]]:
+    """The analysis as it stood at the end of each UTC day from the first experiment slate's
+    day to `until`'s: what a team looking every evening saw (the always-valid intervals are
+    valid at all of these looks at once)."""
+    served = [s.requested_at for s in slates if s.arm is not None]
+    if not served:
+        return []
+    first = min(served).astimezone(UTC).date()
+    last = until.astimezone(UTC).date()
+    out = []
+    day = first
+    while day <= last:
+        cutoff = datetime.combine(day + timedelta(days=1), time(), UTC)
+        seen = [s for s in slates if s.arm is None or s.requested_at < cutoff]
+        known = [o for o in outcomes if o.occurred_at < cutoff]
+        out.append((day, analyse(e, listener_records(e, seen, known))))
+        day += timedelta(days=1)
+    return out

@@ -159,3 +159,28 @@ def ship(name: str, arm: str) -> None:
     others = sorted(set(params) - set(SETTINGS))
     if others:
         click.echo(f"{', '.join(others)}: no setting selects these; change the code", err=True)
+
+
+@experiment.command("report")
+@click.argument("name")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the page (default: experiment-NAME.html).",
+)
+def report(name: str, output: Path | None) -> None:
+    """A self-contained HTML page: the definition, the analysis now, and per day each arm's
+    difference from the control with its always-valid interval and the listeners per arm."""
+    from gateway.analysis.experiment_report import render
+    from gateway.serving.experiments import Experiments
+
+    async def work(e: Experiments) -> str:
+        lc, history = await e.history(name)
+        _, now = await e.status(name)
+        return render(lc, history, now)
+
+    page = _run(work)
+    target = output or Path(f"experiment-{name}.html")
+    target.write_text(page)
+    click.echo(f"wrote {target}")

@@ -21,7 +21,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -47,6 +47,7 @@ from domain.experiments import (
     analyse,
     assign,
     covering,
+    daily,
     fold_lifecycles,
     listener_records,
     overlapping,
@@ -201,12 +202,11 @@ class Experiments:
         while len(self._assigned) > REMEMBERED:
             self._assigned.popitem(last=False)
 
-    async def status(self, name: str) -> tuple[Lifecycle, Analysis]:
-        """The experiment and the analysis of its log so far: per arm, listeners, slates and
-        metric means; every arm against the first with always-valid intervals; the split's
-        check. Read from the log at each call (a projection would keep it current as events
-        arrive; an experiment's slates and outcomes are few enough to read for now).
-        Forgotten listeners are left out, as the projections drop their rows."""
+    async def _read_log(self, name: str) -> tuple[Lifecycle, list[Slate], list[Outcome]]:
+        """The experiment, its slates and its listeners' pre-period slates, and the outcomes
+        naming them. Read from the log at each call (a projection would keep per-listener sums
+        current as events arrive; an experiment's slates and outcomes are few enough to read for
+        now). Forgotten listeners are left out, as the projections drop their rows."""
         lc = await self.get(name)
         pre_from = lc.started_at - timedelta(days=PRE_PERIOD_DAYS)
         slates, pre, outcomes, forgotten = await reads.experiment_log(
@@ -225,4 +225,18 @@ class Experiments:
         found = [
             Outcome(r[0], OutcomeKind(r[1]), r[2], datetime.fromisoformat(r[3])) for r in outcomes
         ]
-        return lc, analyse(lc.experiment, listener_records(lc.experiment, parsed, found))
+        return lc, parsed, found
+
+    async def status(self, name: str) -> tuple[Lifecycle, Analysis]:
+        """The experiment and the analysis of its log so far: per arm, listeners, slates and
+        metric means; every arm against the first with always-valid intervals; the split's
+        check."""
+        lc, slates, outcomes = await self._read_log(name)
+        return lc, analyse(lc.experiment, listener_records(lc.experiment, slates, outcomes))
+
+    async def history(self, name: str) -> tuple[Lifecycle, list[tuple[date, Analysis]]]:
+        """The analysis as it stood at the end of every UTC day of the experiment, up to its
+        end (or today)."""
+        lc, slates, outcomes = await self._read_log(name)
+        until = lc.ended_at or self._clock()
+        return lc, daily(lc.experiment, slates, outcomes, until)

@@ -43,6 +43,11 @@ def test_start_list_status_ship_and_stop(env: dict[str, str], tmp_path: Path) ->
     as_json = run(["experiment", "status", examples.EXPERIMENT, "--json"], env)
     assert json.loads(as_json.stdout)["experiment"]["name"] == examples.EXPERIMENT
 
+    page = tmp_path / "page.html"
+    reported = run(["experiment", "report", examples.EXPERIMENT, "--output", str(page)], env)
+    assert reported.returncode == 0, reported.stderr
+    assert f"Experiment {examples.EXPERIMENT}" in page.read_text()
+
     shipped = run(["experiment", "ship", examples.EXPERIMENT, "--arm", "explore"], env)
     assert shipped.returncode == 0, shipped.stderr
     assert json.loads(shipped.stdout)["shipped_arm"] == "explore"
