@@ -5,6 +5,7 @@ per listener; status reads the arms back; erasure takes a listener out; stopping
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,6 +17,7 @@ from domain.ranking import PolicyParams
 from gateway.client import outcome
 from tests.api.conftest import Api, expect_problem
 from tests.api.test_endpoints import served_events, stored
+from tests.integration.test_evaluate_cli import run_json
 
 ITEMS = [f"exp-{i:02d}" for i in range(20)]
 UNIFORM = {"epsilon": 1.0, "tail_epsilon": 0.0}
@@ -50,7 +52,7 @@ async def rerank(api: Api, user: str) -> dict[str, Any]:
 
 
 async def test_arms_serve_their_policy_with_exact_propensities_and_status_reads_them(
-    api: Api, db: asyncpg.Connection
+    api: Api, db: asyncpg.Connection, db_url: str, tmp_path: Path
 ) -> None:
     items = [{"item_id": i, "kind": "track", "attributes": {"artist": i}} for i in ITEMS]
     assert (await api.post("/v1/items", {"items": items})).status == 200
@@ -119,6 +121,24 @@ async def test_arms_serve_their_policy_with_exact_propensities_and_status_reads_
         ("streams", True),
     ]
     assert all(a["means"]["reward"] > 0 for a in status["arms"])
+
+    # Offline, beside the online result: one arm's slates alone, as `segue evaluate` reads them.
+    for arm_name in ("control", "uniform"):
+        offline = run_json(
+            db_url,
+            tmp_path,
+            "evaluate",
+            "--target",
+            "uniform",
+            "--reward",
+            "stream_30s",
+            "--experiment",
+            "rerank-uniform",
+            "--arm",
+            arm_name,
+            process=True,
+        )
+        assert offline["slates"] == by_arm[arm_name]["slates"]
 
     # Erasure takes the listener's assignment with their pseudonym: status no longer counts them.
     assert (await api.post("/v1/users/exp-user-0/forget")).status == 202

@@ -5,6 +5,7 @@ narrows it without moving it, and a broken split is flagged."""
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
@@ -20,6 +21,7 @@ from domain.events import (
     ExperimentStarted,
     ExperimentStopped,
     OutcomeKind,
+    RecommendationServed,
 )
 from domain.experiments import (
     TUNABLES,
@@ -43,6 +45,7 @@ from domain.experiments import (
     unit_hash,
 )
 from domain.ranking import PolicyParams
+from gateway.analysis.evaluation_log import Filters
 from gateway.serving.requests import PolicyParam
 
 
@@ -334,3 +337,27 @@ def test_analysis_without_listeners_says_so() -> None:
 
 def test_the_published_tunables_are_the_policys() -> None:
     assert set(get_args(PolicyParam)) == TUNABLES
+
+
+def test_evaluation_filters_keep_one_arm_of_one_experiment() -> None:
+    served = RecommendationServed(
+        recommendation_id=uuid.UUID(int=1),
+        user="p-1",
+        surface="home",
+        context={},
+        slate=(),
+        policy_name="segue-eps-greedy",
+        policy_version="2",
+        index_version="none",
+        requested_at=NOW,
+        experiment="eps-test",
+        arm="control",
+    )
+    assert Filters(experiment="eps-test", arm="control").keeps(served)
+    assert not Filters(experiment="eps-test", arm="treatment").keeps(served)
+    assert not Filters(experiment="other").keeps(served)
+    assert Filters().keeps(served)
+    assert (
+        "experiment eps-test, arm control"
+        in Filters(experiment="eps-test", arm="control").describe()
+    )
