@@ -80,7 +80,7 @@ class RecommendationServed:
     """A slate as served: enough to replay the request and to evaluate any other policy offline."""
 
     TYPE: ClassVar[str] = "RecommendationServed"
-    SCHEMA_VERSION: ClassVar[int] = 3
+    SCHEMA_VERSION: ClassVar[int] = 4
 
     recommendation_id: UUID
     user: str
@@ -98,6 +98,9 @@ class RecommendationServed:
     n: int = 10
     # A blend's listeners (pseudonyms), `user` being the first; empty for one listener.
     members: tuple[str, ...] = ()
+    # The experiment and arm whose policy drew the slate; None outside any experiment.
+    experiment: str | None = None
+    arm: str | None = None
 
     def stream_id(self) -> str:
         return f"recommendation-{self.recommendation_id}"
@@ -153,6 +156,75 @@ class ListenerForgotten:
         return f"listener-{self.user}"
 
 
+# Every experiment's lifecycle is on one stream: starting one checks the names already used
+# against that stream's version, and serving reads every running experiment with one read.
+EXPERIMENTS_STREAM = "experiments"
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentStarted:
+    """An online experiment began. `definition` is `domain.experiments.Experiment.to_json()`:
+    kept as data here so that events do not depend on the analysis code."""
+
+    TYPE: ClassVar[str] = "ExperimentStarted"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    name: str
+    definition: JSON
+    started_at: datetime
+
+    def stream_id(self) -> str:
+        return EXPERIMENTS_STREAM
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentStopped:
+    """Traffic goes back to the default policy; the log keeps what the arms did."""
+
+    TYPE: ClassVar[str] = "ExperimentStopped"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    name: str
+    reason: str
+    stopped_at: datetime
+
+    def stream_id(self) -> str:
+        return EXPERIMENTS_STREAM
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentShipped:
+    """The experiment ended with `arm` as the winner (an experiment is stopped by shipping)."""
+
+    TYPE: ClassVar[str] = "ExperimentShipped"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    name: str
+    arm: str
+    shipped_at: datetime
+
+    def stream_id(self) -> str:
+        return EXPERIMENTS_STREAM
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentAssigned:
+    """A listener's first slate in an experiment: which arm the salted hash put them in. On the
+    listener's stream, so that their `ListenerForgotten` follows it and the projections drop the
+    assignment with the rest of the listener's rows."""
+
+    TYPE: ClassVar[str] = "ExperimentAssigned"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    experiment: str
+    user: str
+    arm: str
+    assigned_at: datetime
+
+    def stream_id(self) -> str:
+        return f"listener-{self.user}"
+
+
 DomainEvent = (
     ItemUpserted
     | ItemRetired
@@ -160,6 +232,10 @@ DomainEvent = (
     | RecommendationDeferred
     | OutcomeRecorded
     | ListenerForgotten
+    | ExperimentStarted
+    | ExperimentStopped
+    | ExperimentShipped
+    | ExperimentAssigned
 )
 
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
@@ -171,6 +247,10 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         RecommendationDeferred,
         OutcomeRecorded,
         ListenerForgotten,
+        ExperimentStarted,
+        ExperimentStopped,
+        ExperimentShipped,
+        ExperimentAssigned,
     )
 }
 
@@ -212,6 +292,11 @@ def to_payload(event: DomainEvent) -> JSON:
                     "kinds": list(event.kinds),
                 },
                 "members": list(event.members),
+                "experiment": (
+                    {"name": event.experiment, "arm": event.arm}
+                    if event.experiment is not None
+                    else None
+                ),
             }
         case RecommendationDeferred():
             return to_payload(event.served)
@@ -229,6 +314,31 @@ def to_payload(event: DomainEvent) -> JSON:
             }
         case ListenerForgotten():
             return {"user": event.user}
+        case ExperimentStarted():
+            return {
+                "name": event.name,
+                "definition": event.definition,
+                "started_at": event.started_at.isoformat(),
+            }
+        case ExperimentStopped():
+            return {
+                "name": event.name,
+                "reason": event.reason,
+                "stopped_at": event.stopped_at.isoformat(),
+            }
+        case ExperimentShipped():
+            return {
+                "name": event.name,
+                "arm": event.arm,
+                "shipped_at": event.shipped_at.isoformat(),
+            }
+        case ExperimentAssigned():
+            return {
+                "experiment": event.experiment,
+                "user": event.user,
+                "arm": event.arm,
+                "assigned_at": event.assigned_at.isoformat(),
+            }
 
 
 def _slate(raw: list[JSON]) -> tuple[SlateEntry, ...]:
@@ -262,6 +372,7 @@ def from_current_payload(event_type: str, payload: JSON) -> DomainEvent:
     if event_type == RecommendationServed.TYPE:
         request = payload["request"]
         candidates = request.get("candidates")
+        experiment = payload.get("experiment")
         return RecommendationServed(
             recommendation_id=UUID(payload["recommendation_id"]),
             user=payload["user"],
@@ -277,6 +388,8 @@ def from_current_payload(event_type: str, payload: JSON) -> DomainEvent:
             kinds=tuple(request.get("kinds") or ()),
             n=int(request["n"]),
             members=tuple(payload.get("members") or ()),
+            experiment=experiment["name"] if experiment else None,
+            arm=experiment["arm"] if experiment else None,
         )
     if event_type == OutcomeRecorded.TYPE:
         rec = payload.get("recommendation_id")
@@ -292,6 +405,31 @@ def from_current_payload(event_type: str, payload: JSON) -> DomainEvent:
         )
     if event_type == ListenerForgotten.TYPE:
         return ListenerForgotten(user=payload["user"])
+    if event_type == ExperimentStarted.TYPE:
+        return ExperimentStarted(
+            name=payload["name"],
+            definition=dict(payload["definition"]),
+            started_at=datetime.fromisoformat(payload["started_at"]),
+        )
+    if event_type == ExperimentStopped.TYPE:
+        return ExperimentStopped(
+            name=payload["name"],
+            reason=payload["reason"],
+            stopped_at=datetime.fromisoformat(payload["stopped_at"]),
+        )
+    if event_type == ExperimentShipped.TYPE:
+        return ExperimentShipped(
+            name=payload["name"],
+            arm=payload["arm"],
+            shipped_at=datetime.fromisoformat(payload["shipped_at"]),
+        )
+    if event_type == ExperimentAssigned.TYPE:
+        return ExperimentAssigned(
+            experiment=payload["experiment"],
+            user=payload["user"],
+            arm=payload["arm"],
+            assigned_at=datetime.fromisoformat(payload["assigned_at"]),
+        )
     raise UnknownEventType(event_type)
 
 

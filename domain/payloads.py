@@ -19,6 +19,10 @@ from typing import Any
 from uuid import UUID
 
 from domain.events import (
+    ExperimentAssigned,
+    ExperimentShipped,
+    ExperimentStarted,
+    ExperimentStopped,
     ItemRetired,
     ItemUpserted,
     ListenerForgotten,
@@ -169,9 +173,19 @@ class RecommendationServedV3:
 
 
 @dataclass(frozen=True)
+class ExperimentArmV1:
+    """The experiment a slate was drawn for, and the listener's arm in it."""
+
+    name: str
+    """The experiment's name."""
+    arm: str
+    """The arm whose policy drew the slate."""
+
+
+@dataclass(frozen=True)
 class RecommendationDeferredV1:
     """A slate drawn but not yet shown (a Personalizer rank with `deferActivation`): the payload a
-    `RecommendationServed` v3 would have. Nothing learns from it or evaluates it; activating it
+    `RecommendationServed` v4 would have. Nothing learns from it or evaluates it; activating it
     appends that `RecommendationServed` (stamped with the activation's time). Stream
     `deferred-{recommendation_id}`."""
 
@@ -195,6 +209,39 @@ class RecommendationDeferredV1:
     """The request as the policy saw it."""
     members: list[str]
     """Always empty: Personalizer ranks are for one listener."""
+    experiment: ExperimentArmV1 | None
+    """The experiment arm that drew it, as `RecommendationServed` v4 says; null for none."""
+
+
+@dataclass(frozen=True)
+class RecommendationServedV4:
+    """A slate as served, with the request that produced it, every listener of a blend, and the
+    experiment arm that drew it. Stream `recommendation-{recommendation_id}`."""
+
+    recommendation_id: UUID
+    """The id returned to the client; outcomes name it."""
+    user: str
+    """The listener's pseudonym (never the client's user id); a blend's first listener."""
+    surface: str
+    """Where the slate was shown: `home`, `search`, `shelf`, `podcasts`, `music`."""
+    context: dict[str, Any]
+    """The client's free-form request context."""
+    slate: list[SlateEntryV1]
+    """The items served, in position order."""
+    policy: PolicyV1
+    """The policy that drew the slate (an experiment arm's parameters give it its own
+    version)."""
+    index_version: str
+    """The nearest-neighbour index that supplied candidates (`none` before the first build)."""
+    requested_at: datetime
+    """When the gateway received the request: the start of every attribution window."""
+    request: RequestV1
+    """The request as the policy saw it."""
+    members: list[str]
+    """A blend's listeners (pseudonyms), `user` first; empty for a single listener."""
+    experiment: ExperimentArmV1 | None
+    """The running experiment covering the surface and the listener's arm in it, or null when
+    no experiment drew the slate. Propensities are those of the arm's policy."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +276,60 @@ class ListenerForgottenV1:
     """The forgotten listener's pseudonym (never the client's user id)."""
 
 
+@dataclass(frozen=True)
+class ExperimentStartedV1:
+    """An online experiment began. Stream `experiments` (every experiment's lifecycle)."""
+
+    name: str
+    """The experiment's name, unique in the log."""
+    definition: dict[str, Any]
+    """Hypothesis, arms (name, traffic weight, policy version and parameter overrides),
+    surfaces, primary metric and guardrails (reward definitions), minimum detectable effect,
+    alpha, and the salt of the assignment hash."""
+    started_at: datetime
+    """When it was started."""
+
+
+@dataclass(frozen=True)
+class ExperimentStoppedV1:
+    """An experiment was stopped without shipping an arm; listeners get the default policy
+    again. Stream `experiments`."""
+
+    name: str
+    """The experiment's name."""
+    reason: str
+    """Why, as the operator said."""
+    stopped_at: datetime
+    """When it was stopped."""
+
+
+@dataclass(frozen=True)
+class ExperimentShippedV1:
+    """An experiment ended with an arm shipped. Stream `experiments`."""
+
+    name: str
+    """The experiment's name."""
+    arm: str
+    """The arm shipped."""
+    shipped_at: datetime
+    """When it was shipped."""
+
+
+@dataclass(frozen=True)
+class ExperimentAssignedV1:
+    """A listener's first slate in an experiment, and the arm the salted hash put them in.
+    Stream `listener-{user}`, so the listener's erasure follows it."""
+
+    experiment: str
+    """The experiment's name."""
+    user: str
+    """The listener's pseudonym (never the client's user id)."""
+    arm: str
+    """The listener's arm."""
+    assigned_at: datetime
+    """When the listener was first served in the experiment."""
+
+
 # Every (event type, schema version) ever written, and the class describing its payload.
 PAYLOADS: dict[tuple[str, int], type] = {
     (ItemUpserted.TYPE, 1): ItemUpsertedV1,
@@ -237,6 +338,11 @@ PAYLOADS: dict[tuple[str, int], type] = {
     (RecommendationServed.TYPE, 2): RecommendationServedV2,
     (RecommendationServed.TYPE, 3): RecommendationServedV3,
     (RecommendationDeferred.TYPE, 1): RecommendationDeferredV1,
+    (RecommendationServed.TYPE, 4): RecommendationServedV4,
     (OutcomeRecorded.TYPE, 1): OutcomeRecordedV1,
     (ListenerForgotten.TYPE, 1): ListenerForgottenV1,
+    (ExperimentStarted.TYPE, 1): ExperimentStartedV1,
+    (ExperimentStopped.TYPE, 1): ExperimentStoppedV1,
+    (ExperimentShipped.TYPE, 1): ExperimentShippedV1,
+    (ExperimentAssigned.TYPE, 1): ExperimentAssignedV1,
 }

@@ -63,3 +63,9 @@ def _recommendation_served_v1(payload: JSON) -> JSON:
 def _recommendation_served_v2(payload: JSON) -> JSON:
     # v3 added blends: a slate served to several listeners lists them; before, there were none.
     return {**payload, "members": []}
+
+
+@upcaster(RecommendationServed.TYPE, 3)
+def _recommendation_served_v3(payload: JSON) -> JSON:
+    # v4 added the experiment and arm a slate was drawn for; before experiments there were none.
+    return {**payload, "experiment": None}

@@ -28,22 +28,32 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Filters:
-    """Which slates to evaluate: by surface and by the time they were served ([since, until))."""
+    """Which slates to evaluate: by surface, by the time they were served ([since, until)), and
+    by the experiment and arm that drew them (so that one arm's slates can estimate another
+    arm offline, beside the experiment's online result)."""
 
     surface: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    experiment: str | None = None
+    arm: str | None = None
 
     def describe(self) -> str:
         parts = [
             f"surface {self.surface}" if self.surface else "",
             f"since {self.since.isoformat()}" if self.since else "",
             f"until {self.until.isoformat()}" if self.until else "",
+            f"experiment {self.experiment}" if self.experiment else "",
+            f"arm {self.arm}" if self.arm else "",
         ]
         return ", ".join(p for p in parts if p) or "(the log holds none)"
 
     def keeps(self, e: RecommendationServed) -> bool:
         if self.surface is not None and e.surface != self.surface:
+            return False
+        if self.experiment is not None and e.experiment != self.experiment:
+            return False
+        if self.arm is not None and e.arm != self.arm:
             return False
         if self.since is not None and e.requested_at < self.since:
             return False

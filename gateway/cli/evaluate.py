@@ -45,6 +45,15 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--surface", default=None, help="Only slates served on this surface."),
         click.option("--since", type=Time(), default=None, help="Served at or after (ISO 8601)."),
         click.option("--until", type=Time(), default=None, help="Served before (ISO 8601)."),
+        click.option(
+            "--experiment", default=None, help="Only slates served in this online experiment."
+        ),
+        click.option(
+            "--arm",
+            default=None,
+            help="With --experiment: only this arm's slates (e.g. the control's, to estimate "
+            "another arm offline beside its online result).",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
         click.option(
             "--clip",
@@ -161,6 +170,8 @@ def evaluate(
     surface: str | None,
     since: datetime | None,
     until: datetime | None,
+    experiment: str | None,
+    arm: str | None,
     as_json: bool,
     clip: float,
     tau: float,
@@ -187,7 +198,9 @@ def evaluate(
 
     # `current` is the policy the gateways are configured to serve (SEGUE_POLICY_*).
     policy = load_settings().policy
-    rounds, name, version = _load(target, reward, Filters(surface, since, until), policy)
+    rounds, name, version = _load(
+        target, reward, Filters(surface, since, until, experiment, arm), policy
+    )
     result = evaluation_of(rounds, name, version, config)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -270,6 +283,8 @@ def replay(
     surface: str | None,
     since: datetime | None,
     until: datetime | None,
+    experiment: str | None,
+    arm: str | None,
     as_json: bool,
     clip: float,
     tau: float,
@@ -308,7 +323,9 @@ def replay(
         alpha=alpha,
         seed=seed,
     )
-    rounds, name, version = _load(target, reward, Filters(surface, since, until), params)
+    rounds, name, version = _load(
+        target, reward, Filters(surface, since, until, experiment, arm), params
+    )
     result = replay_of(rounds, name, version, config, k, top_n)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

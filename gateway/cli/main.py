@@ -7,7 +7,19 @@ from typing import Any
 import asyncpg
 import click
 
-from gateway.cli import db, demo, evaluate, events, index, keys, projections, report, schemas, serve
+from gateway.cli import (
+    db,
+    demo,
+    evaluate,
+    events,
+    experiments,
+    index,
+    keys,
+    projections,
+    report,
+    schemas,
+    serve,
+)
 from gateway.store.database import DatabaseUnreachable, unavailable
 
 
@@ -55,5 +67,6 @@ for command in (
     evaluate.replay,
     report.report,
     schemas.schemas,
+    experiments.experiment,
 ):
     main.add_command(command)

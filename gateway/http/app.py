@@ -20,6 +20,7 @@ from gateway.http.appkeys import (
     CLOCK,
     DSN,
     ERASURE,
+    EXPERIMENTS,
     INDEX,
     INDEX_SERVICE,
     KEYS,
@@ -129,6 +130,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[ERASURE] = serving.erasure
     app[RECOMMENDER] = serving.recommender
     app[OUTCOMES] = serving.outcomes
+    app[EXPERIMENTS] = serving.experiments
     with contextlib.suppress(*UNAVAILABLE_ERRORS):
         # Loaded before the first request where possible; else the first request loads it.
         await serving.catalog.catch_up()

@@ -19,6 +19,7 @@ from gateway.projections.rewards import LiveVersions, RewardsReader
 from gateway.projections.runner import Runner
 from gateway.serving.catalog import Catalog
 from gateway.serving.erasure import Erasure
+from gateway.serving.experiments import Experiments
 from gateway.serving.listeners import Pseudonyms
 from gateway.serving.outcomes import OutcomeRecorder
 from gateway.serving.recommendations import Recommender
@@ -37,6 +38,7 @@ PSEUDONYMS = web.AppKey("pseudonyms", Pseudonyms)
 ERASURE = web.AppKey("erasure", Erasure)
 RECOMMENDER = web.AppKey("recommender", Recommender)
 OUTCOMES = web.AppKey("outcomes", OutcomeRecorder)
+EXPERIMENTS = web.AppKey("experiments", Experiments)
 KEYS = web.AppKey("keys", KeyVerifier)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 REWARDS = web.AppKey("rewards", RewardsReader)

@@ -331,3 +331,121 @@ METRICS = Example(
     "# TYPE segue_http_requests_total counter\n"
     'segue_http_requests_total{method="POST",route="/v1/outcomes",status="200"} 1042.0\n'
 )
+
+# --- experiments ----------------------------------------------------------------------------
+
+EXPERIMENT = "eps-home"
+# Stopped by its example; tests/api starts it first (one start example cannot start both).
+STOPPED_EXPERIMENT = "tail-music"
+
+START_EXPERIMENT_BODY = {
+    "name": EXPERIMENT,
+    "hypothesis": "Exploring in 20% of slates costs more reward than it teaches",
+    "arms": [
+        {"name": "control"},
+        {"name": "explore", "params": {"epsilon": 0.2}},
+    ],
+    "surfaces": ["home"],
+    "primary": {"name": "reward"},
+    "minimum_detectable_effect": 0.05,
+}
+
+_ARMS = [
+    {
+        "name": "control",
+        "weight": 1.0,
+        "params": {},
+        "policy_version": None,
+        "logged_version": "2",
+    },
+    {
+        "name": "explore",
+        "weight": 1.0,
+        "params": {"epsilon": 0.2},
+        "policy_version": None,
+        "logged_version": "2+0d46a549",
+    },
+]
+
+
+def _experiment(status: str = "running", **changes: Any) -> dict[str, Any]:
+    return {
+        "name": EXPERIMENT,
+        "status": status,
+        "hypothesis": START_EXPERIMENT_BODY["hypothesis"],
+        "arms": _ARMS,
+        "surfaces": ["home"],
+        "primary": "reward",
+        "guardrails": [],
+        "minimum_detectable_effect": 0.05,
+        "alpha": 0.05,
+        "started_at": "2026-03-02T12:00:00Z",
+        "ended_at": None,
+        "shipped_arm": None,
+        "reason": "",
+        **changes,
+    }
+
+
+START_EXPERIMENT = Example(request=START_EXPERIMENT_BODY, response=_experiment())
+
+EXPERIMENTS = Example(response={"experiments": [_experiment()]})
+
+EXPERIMENT_STATUS = Example(
+    response={
+        "experiment": _experiment(),
+        "method": "normal-mixture always-valid interval (mSPRT), tau = minimum detectable "
+        "effect; listener-level means; CUPED on the pre-period's reward per slate",
+        "arms": [
+            {
+                "name": "control",
+                "share": 0.5,
+                "listeners": 5012,
+                "slates": 40210,
+                "means": {"reward": 0.412},
+            },
+            {
+                "name": "explore",
+                "share": 0.5,
+                "listeners": 4988,
+                "slates": 39874,
+                "means": {"reward": 0.371},
+            },
+        ],
+        "sample_ratio": {
+            "counts": [5012, 4988],
+            "expected": [5000.0, 5000.0],
+            "statistic": 0.0576,
+            "p_value": 0.8103,
+            "mismatch": False,
+        },
+        "comparisons": [
+            {
+                "metric": "reward",
+                "arm": "explore",
+                "guardrail": False,
+                "difference": -0.041,
+                "low": -0.063,
+                "high": -0.019,
+                "cuped": True,
+                "verdict": "worse",
+            }
+        ],
+    }
+)
+
+STOP_EXPERIMENT = Example(
+    request={"reason": "the guardrail on skips was breached"},
+    response=_experiment(
+        "stopped",
+        name=STOPPED_EXPERIMENT,
+        surfaces=["music"],
+        ended_at="2026-03-09T12:00:00Z",
+        reason="the guardrail on skips was breached",
+    ),
+)
+
+SHIP_EXPERIMENT = Example(
+    request={"arm": "control"},
+    response=_experiment("shipped", ended_at="2026-03-16T12:00:00Z", shipped_arm="control"),
+)

@@ -28,6 +28,7 @@ TAGS = [
     ("rewards", "Reward aggregates per item, now or at an instant"),
     ("users", "Listeners' rights: erasure"),
     ("admin", "Projections, the event count and the index"),
+    ("experiments", "Online experiments: start, read, stop and ship them"),
     ("service", "Health, readiness, metrics and these docs; no key needed"),
 ]
 
@@ -162,6 +163,26 @@ def error_answers(ep: Endpoint) -> dict[str, tuple[str, dict[str, Any]]]:
             "Not Found",
             f"no item {examples.ITEM!r} in the catalogue",
             field="item_id",
+        )
+    if ep.path.startswith("/v1/admin/experiments/{name}"):
+        name = next(p.example for p in ep.path_params if p.name == "name")
+        problem(
+            404,
+            "No such experiment",
+            "unknown-experiment",
+            "Unknown experiment",
+            f"no experiment named {name!r}",
+            field="name",
+        )
+    if ep.path.startswith("/v1/admin/experiments") and ep.method == "POST":
+        problem(
+            409,
+            "The name is taken, a surface is in another running experiment, or the experiment "
+            "has ended; `field` names which",
+            "experiment-conflict",
+            "Experiment conflict",
+            "surfaces ['home'] are covered by a running experiment; a slate has one policy",
+            field="surfaces",
         )
     if ep.path_params and ep.scope is None:
         # A public route's own path parameter names one of a fixed set (the assets of /docs).

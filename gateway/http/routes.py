@@ -6,7 +6,7 @@ import re
 
 from aiohttp import web
 
-from gateway.http import admin, docs, handlers
+from gateway.http import admin, docs, experiments, handlers
 from gateway.http import examples as ex
 from gateway.http import schemas as responses
 from gateway.http.appkeys import KEYS, LIMITER, SETTINGS
@@ -30,6 +30,17 @@ ASSET = Param(
     required=True,
     example="swagger-ui.css",
 )
+
+
+def experiment_name(example: str) -> Param:
+    return Param(
+        "name",
+        {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+        "The experiment's name",
+        required=True,
+        example=example,
+    )
+
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -234,6 +245,67 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         admin.RebuildOut,
         status=202,
         example=ex.REBUILD_PROJECTION,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/admin/experiments",
+        experiments.start,
+        "Start an online experiment: listeners are split between the arms' policies by a salted "
+        "hash of their pseudonym, on the surfaces it covers",
+        "experiments",
+        Scope.ADMIN,
+        schemas.ExperimentIn,
+        experiments.ExperimentOut,
+        example=ex.START_EXPERIMENT,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/admin/experiments",
+        experiments.list_experiments,
+        "Every experiment, running or ended, in the order they started",
+        "experiments",
+        Scope.ADMIN,
+        None,
+        experiments.ExperimentsOut,
+        example=ex.EXPERIMENTS,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/admin/experiments/{name}",
+        experiments.status,
+        "An experiment's analysis so far: per arm listeners, slates and metrics; each arm "
+        "against the control with always-valid intervals; the sample-ratio check",
+        "experiments",
+        Scope.ADMIN,
+        None,
+        experiments.ExperimentStatusOut,
+        example=ex.EXPERIMENT_STATUS,
+        path_params=(experiment_name(ex.EXPERIMENT),),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/admin/experiments/{name}/stop",
+        experiments.stop,
+        "Stop a running experiment: its surfaces go back to the default policy",
+        "experiments",
+        Scope.ADMIN,
+        schemas.ExperimentStopIn,
+        experiments.ExperimentOut,
+        example=ex.STOP_EXPERIMENT,
+        path_params=(experiment_name(ex.STOPPED_EXPERIMENT),),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/admin/experiments/{name}/ship",
+        experiments.ship,
+        "End a running experiment with an arm shipped (its parameters become the gateway's "
+        "SEGUE_POLICY_* settings by a deployment; the log records the decision)",
+        "experiments",
+        Scope.ADMIN,
+        schemas.ExperimentShipIn,
+        experiments.ExperimentOut,
+        example=ex.SHIP_EXPERIMENT,
+        path_params=(experiment_name(ex.EXPERIMENT),),
     ),
     Endpoint(
         "GET",

@@ -52,3 +52,25 @@ class IdempotencyKeyReused(Refused):
             "a new request",
             field="Idempotency-Key",
         )
+
+
+class InvalidExperiment(Refused):
+    """An experiment definition that cannot run, named by the offending field."""
+
+    code = "invalid-experiment"
+    title = "Invalid experiment"
+
+
+class ExperimentConflict(Refused):
+    """The name is taken, a surface is covered by another running experiment, or the experiment
+    has already ended."""
+
+    code = "experiment-conflict"
+    title = "Experiment conflict"
+    status = 409
+
+
+class UnknownExperiment(Refused):
+    code = "unknown-experiment"
+    title = "Unknown experiment"
+    status = 404

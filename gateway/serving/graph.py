@@ -16,6 +16,7 @@ from gateway.index.holder import IndexHolder
 from gateway.projections.rewards import LiveVersions
 from gateway.serving.catalog import Catalog
 from gateway.serving.erasure import Erasure
+from gateway.serving.experiments import Experiments
 from gateway.serving.items import ItemTable
 from gateway.serving.listeners import Pseudonyms
 from gateway.serving.outcomes import OutcomeRecorder, SlateLookup
@@ -33,6 +34,7 @@ class Serving:
     erasure: Erasure
     recommender: Recommender
     outcomes: OutcomeRecorder
+    experiments: Experiments
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +66,9 @@ def build_serving(
     catalog = Catalog(pool, store, params.catalog_cache_seconds, table)
     follow(table, index, scores)
     pseudonyms = Pseudonyms(pool, ttl_seconds=params.pseudonym_cache_seconds)
+    experiments = Experiments(pool, store, clock)
     recommender = Recommender(
-        pool, store, catalog, pseudonyms, clock, index, versions, params.policy
+        pool, store, catalog, pseudonyms, clock, index, versions, params.policy, experiments
     )
     return Serving(
         versions=versions,
@@ -75,6 +78,7 @@ def build_serving(
         erasure=Erasure(store, pseudonyms),
         recommender=recommender,
         outcomes=OutcomeRecorder(store, SlateLookup(pool), pseudonyms, clock),
+        experiments=experiments,
     )
 
 

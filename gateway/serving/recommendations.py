@@ -42,6 +42,7 @@ from gateway.projections.definitions import q, recent_items
 from gateway.projections.rewards import LiveVersions
 from gateway.serving.catalog import Catalog
 from gateway.serving.errors import IdempotencyKeyReused
+from gateway.serving.experiments import Chosen, Experiments
 from gateway.serving.items import KIND_CODES, ItemTable, string_hash, tiebreak, tiebreaks
 from gateway.serving.listeners import Pseudonyms
 from gateway.serving.requests import BlendIn, ItemKind, RecommendationIn, Surface, session_of
@@ -117,6 +118,7 @@ class Recommender:
         index: IndexHolder,
         versions: LiveVersions,
         params: PolicyParams | None = None,
+        experiments: Experiments | None = None,
     ) -> None:
         self._pool = pool
         self._store = store
@@ -130,6 +132,7 @@ class Recommender:
         self._searches: OrderedDict[
             tuple[str, bool, bytes], tuple[NDArray[np.int64], NDArray[np.float64]]
         ] = OrderedDict()
+        self._experiments = experiments
 
     async def heard(self, user: str) -> set[str]:
         """What this listener has already streamed (the listeners projection)."""
@@ -371,7 +374,13 @@ class Recommender:
             replays=replays,
             session=session_of(req.context),
         )
-        slate, branch = draw_with_branch(candidates, req.n, self.params, rng)
+        # A running experiment covering the surface draws the slate with the listener's arm's
+        # policy, and the slate logs that policy's propensities: exact within the arm.
+        chosen = None
+        if self._experiments is not None:
+            chosen = await self._experiments.arm_for(user, req.surface.value)
+        params = chosen.arm.policy() if chosen is not None else self.params
+        slate, branch = draw_with_branch(candidates, req.n, params, rng)
         SLATES.labels(req.surface.value, branch).inc()
         return await self._log_once(
             rid,
@@ -387,6 +396,8 @@ class Recommender:
             keyed=recommendation_id is not None,
             deferrable=deferrable,
             deferred=defer,
+            params=params,
+            chosen=chosen,
         )
 
     async def blend(
@@ -548,16 +559,19 @@ class Recommender:
         kinds: list[ItemKind] | None = None,
         members: list[str] | None = None,
         deferred: bool = False,
+        params: PolicyParams | None = None,
+        chosen: Chosen | None = None,
     ) -> RecommendationServed:
         index = self._index.current
+        policy = params or self.params
         event = RecommendationServed(
             recommendation_id=recommendation_id,
             user=user,
             surface=surface,
             context=dict(context or {}),
             slate=slate,
-            policy_name=self.params.name,
-            policy_version=self.params.logged_version,
+            policy_name=policy.name,
+            policy_version=policy.logged_version,
             index_version=index.version if index is not None else NO_INDEX,
             requested_at=self._clock(),
             candidates=tuple(candidates) if candidates is not None else None,
@@ -565,12 +579,18 @@ class Recommender:
             kinds=tuple(k.value for k in kinds or ()),
             n=n,
             members=tuple(members or ()),
+            experiment=chosen.experiment.name if chosen is not None else None,
+            arm=chosen.arm.name if chosen is not None else None,
         )
         logged: RecommendationServed | RecommendationDeferred = (
             RecommendationDeferred(event) if deferred else event
         )
+        # The listener's first slate in an experiment carries their assignment, in the same
+        # commit: an assignment is never logged without the exposure that caused it.
+        assignment = [chosen.assignment] if chosen is not None and chosen.assignment else []
         await self._store.append(
             [
+                *assignment,
                 NewEvent(
                     # Its own event id: a client reusing a recommendation id as an outcome's
                     # event id must not be answered "duplicate".
@@ -579,10 +599,12 @@ class Recommender:
                     logged.TYPE,
                     logged.SCHEMA_VERSION,
                     to_payload(logged),
-                )
+                ),
             ],
             expected={logged.stream_id(): NO_STREAM},
         )
+        if chosen is not None and self._experiments is not None:
+            self._experiments.appended(chosen)
         return event
 
 

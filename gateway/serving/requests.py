@@ -11,7 +11,7 @@ import math
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -261,3 +261,80 @@ class BlendIn(Model):
     context: JsonObject = Field(default_factory=dict)
     exclude: Annotated[list[ItemId], Field(max_length=1000)] = Field(default_factory=list)
     kinds: Annotated[list[ItemKind], Field(max_length=len(ItemKind))] = Field(default_factory=list)
+
+
+# --- experiments ----------------------------------------------------------------------------
+
+# As `domain.experiments.NAME`: lower-case, so that names compare as they read.
+ExperimentName = Annotated[
+    str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="1-63 of a-z, 0-9, - and _")
+]
+# The policy's tunables (`domain.ranking.PolicyParams` less its name and version).
+PolicyParam = Literal[
+    "epsilon",
+    "tail_epsilon",
+    "tail",
+    "w_affinity",
+    "w_reward",
+    "w_long_term",
+    "optimism",
+    "max_per_group",
+]
+
+
+class ArmIn(Model):
+    name: ExperimentName
+    weight: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = Field(
+        default=1.0, description="Share of the listeners: weight / sum of the arms' weights"
+    )
+    params: dict[PolicyParam, Annotated[float, Field(ge=-1000, le=1000, allow_inf_nan=False)]] = (
+        Field(
+            default_factory=dict,
+            description="The policy's parameters that differ from the version's (none: the "
+            "version as it is, a control arm)",
+        )
+    )
+    policy_version: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="A named policy version (default: the current one)"
+    )
+
+
+class MetricIn(Model):
+    name: ExperimentName
+    reward: JsonObject | None = Field(
+        default=None,
+        description="A reward definition (weights per outcome kind, attribution windows; see "
+        "`segue evaluate --reward`); default: the gateway's default definition",
+    )
+
+
+class ExperimentIn(Model):
+    name: ExperimentName
+    hypothesis: Annotated[str, Field(max_length=2000)] = ""
+    arms: Annotated[list[ArmIn], Field(min_length=2, max_length=10)] = Field(
+        description="The first arm is the control every other arm is compared with"
+    )
+    surfaces: Annotated[list[Surface], Field(min_length=1, max_length=len(Surface))] = Field(
+        description="Where the arms' policies serve slates; a surface is in at most one running "
+        "experiment"
+    )
+    primary: MetricIn = Field(description="The metric the experiment decides on")
+    guardrails: Annotated[list[MetricIn], Field(max_length=10)] = Field(
+        default_factory=list, description="Metrics that must not get worse"
+    )
+    minimum_detectable_effect: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = Field(
+        description="The smallest difference in reward per slate worth finding"
+    )
+    alpha: Annotated[float, Field(gt=0, lt=0.5, allow_inf_nan=False)] = Field(
+        default=0.05, description="1 - the confidence of the always-valid intervals"
+    )
+
+
+class ExperimentStopIn(Model):
+    reason: Annotated[str, Field(min_length=1, max_length=1000)] = Field(
+        description="Why it is stopped, for the log"
+    )
+
+
+class ExperimentShipIn(Model):
+    arm: ExperimentName = Field(description="The arm shipped")

@@ -319,3 +319,49 @@ async def served_between(
         limit,
     )
     return [(r[0], int(r[1]), int(r[2]), r[3]) for r in rows]
+
+
+# --- for an experiment's status -------------------------------------------------------------
+
+_EXPERIMENT_SLATES = """
+SELECT payload->>'recommendation_id', payload->>'user', payload->'experiment'->>'arm',
+       payload->>'requested_at'
+FROM events
+WHERE event_type = 'RecommendationServed' AND payload->'experiment'->>'name' = $1
+"""
+
+# The same listeners' slates before the experiment started: the CUPED covariate.
+_PRE_SLATES = """
+SELECT payload->>'recommendation_id', payload->>'user', payload->>'requested_at'
+FROM events
+WHERE event_type = 'RecommendationServed' AND payload->>'user' = ANY($1::text[])
+  AND recorded_at >= $2 AND recorded_at < $3
+"""
+
+_ATTRIBUTED_TO = """
+SELECT payload->>'recommendation_id', payload->>'kind', (payload->>'value')::float8,
+       payload->>'occurred_at'
+FROM events
+WHERE event_type = 'OutcomeRecorded' AND payload->>'recommendation_id' = ANY($1::text[])
+"""
+
+_FORGOTTEN = """
+SELECT DISTINCT payload->>'user' FROM events
+WHERE event_type = 'ListenerForgotten' AND payload->>'user' = ANY($1::text[])
+"""
+
+
+async def experiment_log(
+    conn: Executor, name: str, pre_from: datetime, started_at: datetime
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record], list[asyncpg.Record], set[str]]:
+    """What an experiment's analysis reads: its slates (`recommendation_id, user, arm,
+    requested_at`), its listeners' slates recorded in [pre_from, started_at)
+    (`recommendation_id, user, requested_at`), the outcomes naming any of them
+    (`recommendation_id, kind, value, occurred_at`), and which of its listeners were forgotten."""
+    slates: list[asyncpg.Record] = await conn.fetch(_EXPERIMENT_SLATES, name)
+    users = sorted({r[1] for r in slates})
+    pre: list[asyncpg.Record] = await conn.fetch(_PRE_SLATES, users, pre_from, started_at)
+    ids = [r[0] for r in slates] + [r[0] for r in pre]
+    outcomes: list[asyncpg.Record] = await conn.fetch(_ATTRIBUTED_TO, ids)
+    forgotten = {r[0] for r in await conn.fetch(_FORGOTTEN, users)}
+    return slates, pre, outcomes, forgotten

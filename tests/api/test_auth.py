@@ -69,7 +69,26 @@ def _valid_bodies() -> dict[type[BaseModel], Any]:
         schemas.ItemBody: {"kind": "track", "attributes": {"from": "auth"}},
         schemas.BlendIn: {"user_ids": ["auth-user", "auth-friend"], "n": 3},
         ProjectionRebuildIn: {"projection": "listeners"},
+        schemas.ExperimentIn: _experiment("auth-start", "podcasts"),
+        schemas.ExperimentStopIn: {"reason": "auth"},
+        schemas.ExperimentShipIn: {"arm": "a"},
     }
+
+
+def _experiment(name: str, surface: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "arms": [{"name": "a"}, {"name": "b", "params": {"epsilon": 0.1}}],
+        "surfaces": [surface],
+        "primary": {"name": "reward"},
+        "minimum_detectable_effect": 0.1,
+    }
+
+
+def _experiment_name(ep: Endpoint) -> str:
+    """The experiment `call` names in `ep`'s path: stop and ship each end one of their own."""
+    last = ep.path.rsplit("/", 1)[-1]
+    return f"auth-{last}" if last in ("stop", "ship") else "auth-start"
 
 
 GUARDED = [ep for ep in ENDPOINTS if ep.scope is not None]
@@ -83,6 +102,7 @@ def _ids(ep: Endpoint) -> str:
 async def call(api: Api, ep: Endpoint, *, headers: dict[str, str] | None = None) -> Any:
     """Call `ep` with a valid body and path, sending only the Authorization given in `headers`."""
     path = ep.path.replace("{item_id}", "auth-item").replace("{user_id}", "auth-user")
+    path = path.replace("{name}", _experiment_name(ep))
     payload = _valid_bodies()[ep.body] if ep.body is not None else None
     return await api.request(ep.method, path, json=payload, headers=headers, key=None)
 
@@ -91,7 +111,7 @@ async def test_every_guarded_route_is_covered() -> None:
     assert GUARDED, "no guarded routes found in ENDPOINTS"
     # `call` fills only these; a route with another path parameter needs a value there.
     placeholders = {p for ep in GUARDED for p in re.findall(r"{\w+}", ep.path)}
-    assert placeholders <= {"{item_id}", "{user_id}"}
+    assert placeholders <= {"{item_id}", "{user_id}", "{name}"}
     for ep in GUARDED:
         assert ep.body is None or ep.body in _valid_bodies(), f"no valid body for {_ids(ep)}"
 
@@ -147,6 +167,13 @@ async def test_a_key_with_just_the_scope_is_let_through(
 ) -> None:
     assert ep.scope is not None
     key = await make_key(ep.scope)
+    if ep.path.endswith(("/stop", "/ship")):
+        # Something to stop or ship, on a surface no other experiment of this module covers.
+        surface = "search" if ep.path.endswith("/stop") else "shelf"
+        started = await api.post(
+            "/v1/admin/experiments", _experiment(_experiment_name(ep), surface)
+        )
+        assert started.status == 200, started.body
     reply = await call(api, ep, headers={"Authorization": f"Bearer {key}"})
     assert reply.status not in (401, 403), reply.body
     assert reply.status < 500, reply.body

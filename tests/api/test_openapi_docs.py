@@ -24,6 +24,7 @@ from pydantic import BaseModel
 import gateway
 from domain.events import OutcomeKind
 from gateway.http import docs
+from gateway.http import examples as ex
 from gateway.http.auth import Scope
 from gateway.http.endpoint import Endpoint
 from gateway.http.openapi import build_spec, path_param
@@ -224,6 +225,11 @@ ORDER = [
     ("GET", "/v1/admin/dashboard"),
     ("GET", "/v1/admin/dashboard/series"),
     ("POST", "/v1/admin/projections/rebuild"),
+    ("POST", "/v1/admin/experiments"),
+    ("GET", "/v1/admin/experiments"),
+    ("GET", "/v1/admin/experiments/{name}"),
+    ("POST", "/v1/admin/experiments/{name}/stop"),
+    ("POST", "/v1/admin/experiments/{name}/ship"),
     ("POST", "/v1/users/{user_id}/forget"),
     ("DELETE", "/v1/items/{item_id}"),
     ("GET", "/healthz"),
@@ -259,6 +265,12 @@ async def test_every_example_call_succeeds_on_a_real_gateway(api: Api) -> None:
         assert ep.example is not None, _ids(ep)
         if route == ("GET", "/v1/items/{item_id}/rewards"):
             await projections_caught_up(api)  # the rewards projection must have started
+        if route == ("POST", "/v1/admin/experiments/{name}/stop"):
+            # The stop example stops an experiment of its own (the start example's is shipped).
+            start = by_route[("POST", "/v1/admin/experiments")].example
+            assert start is not None
+            other = {**start.request, "name": ex.STOPPED_EXPERIMENT, "surfaces": ["music"]}
+            assert (await api.post("/v1/admin/experiments", other)).status == 200
         path, headers = example_call(ep)
         reply = await api.request(ep.method, path, json=ep.example.request, headers=headers or None)
         assert reply.status == ep.status, (_ids(ep), reply.body[:500])
@@ -333,7 +345,9 @@ async def test_the_problem_examples_are_what_the_gateway_answers(
             if "404" in operation(ep)["responses"]:
                 if ep.path.startswith("/docs/static/"):
                     path = "/docs/static/nothing.js"
-                await expect(ep, 404, path)
+                # A route with a body reads it before it looks the name up.
+                body = {"json": ep.example.request} if ep.body and ep.example else {}
+                await expect(ep, 404, path, **body)
     documented = {
         (ep.method, ep.path, int(s))
         for ep in ENDPOINTS

@@ -60,12 +60,17 @@ def test_every_type_has_an_example_checked_against_its_schema() -> None:
     assert {e.TYPE for e in EVENTS} == set(EVENT_TYPES)
 
 
+def _v3(payload: JSON) -> JSON:
+    return {k: v for k, v in payload.items() if k != "experiment"}
+
+
 def _v2(payload: JSON) -> JSON:
-    return {k: v for k, v in payload.items() if k != "members"}
+    return {k: v for k, v in payload.items() if k not in ("members", "experiment")}
 
 
 def _v1(payload: JSON) -> JSON:
-    out = {k: v for k, v in payload.items() if k not in ("members", "request", "policy")}
+    drop = ("members", "request", "policy", "experiment")
+    out = {k: v for k, v in payload.items() if k not in drop}
     out["policy_name"] = payload["policy"]["name"]
     out["policy_version"] = payload["policy"]["version"]
     return out
@@ -74,11 +79,19 @@ def _v1(payload: JSON) -> JSON:
 def test_old_versions_describe_what_the_upcasters_accept() -> None:
     served = next(e for e in EVENTS if e.TYPE == "RecommendationServed")
     current = to_payload(served)
-    for version, old in ((1, _v1(current)), (2, _v2(current))):
+    for version, old in ((1, _v1(current)), (2, _v2(current)), (3, _v3(current))):
         assert errors("RecommendationServed", version, old) == []
         # An old payload is not a current one, and the upcast result is.
-        assert errors("RecommendationServed", 3, old) != []
-        assert errors("RecommendationServed", 3, upcast("RecommendationServed", version, old)) == []
+        assert errors("RecommendationServed", 4, old) != []
+        assert errors("RecommendationServed", 4, upcast("RecommendationServed", version, old)) == []
+
+
+def test_an_experiment_slate_matches_the_current_schema() -> None:
+    served = [e for e in EVENTS if e.TYPE == "RecommendationServed"]
+    tagged = [to_payload(e) for e in served if to_payload(e)["experiment"] is not None]
+    assert tagged
+    assert errors("RecommendationServed", 4, tagged[0]) == []
+    assert errors("RecommendationServed", 4, {**tagged[0], "experiment": {"name": "x"}}) != []
 
 
 def test_schemas_refuse_what_the_gateway_never_writes() -> None:
@@ -89,8 +102,8 @@ def test_schemas_refuse_what_the_gateway_never_writes() -> None:
     missing = {k: v for k, v in outcome.items() if k != "occurred_at"}
     assert errors("OutcomeRecorded", 1, missing) != []
     slate_entry = {"item_id": "x", "position": "first", "score": 0.0, "propensity": 1.0}
-    v3 = to_payload(next(e for e in EVENTS if e.TYPE == "RecommendationServed"))
-    assert errors("RecommendationServed", 3, {**v3, "slate": [slate_entry]}) != []
+    v4 = to_payload(next(e for e in EVENTS if e.TYPE == "RecommendationServed"))
+    assert errors("RecommendationServed", 4, {**v4, "slate": [slate_entry]}) != []
 
 
 def test_a_version_without_a_payload_class_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,11 @@ import pytest
 
 from domain.events import (
     EVENT_TYPES,
+    DomainEvent,
+    ExperimentAssigned,
+    ExperimentShipped,
+    ExperimentStarted,
+    ExperimentStopped,
     ItemRetired,
     ItemUpserted,
     ListenerForgotten,
@@ -65,20 +70,30 @@ EXAMPLES = [
             n=1,
         )
     ),
+    RecommendationServed(
+        recommendation_id=REC,
+        user="p-1",
+        surface="home",
+        context={},
+        slate=(SlateEntry("tr-1", 0, 0.9, 0.97),),
+        policy_name="segue-eps-greedy",
+        policy_version="2+abcd1234",
+        index_version="none",
+        requested_at=NOW,
+        n=1,
+        experiment="eps-test",
+        arm="treatment",
+    ),
+    ExperimentStarted("eps-test", {"name": "eps-test", "arms": []}, NOW),
+    ExperimentStopped("eps-test", "guardrail breached", NOW),
+    ExperimentShipped("eps-test", "treatment", NOW),
+    ExperimentAssigned("eps-test", "p-1", "treatment", NOW),
 ]
 
 
 @pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
 def test_payload_round_trip(event: object) -> None:
-    assert isinstance(
-        event,
-        ItemUpserted
-        | ItemRetired
-        | RecommendationServed
-        | RecommendationDeferred
-        | OutcomeRecorded
-        | ListenerForgotten,
-    )
+    assert isinstance(event, DomainEvent)
     payload = to_payload(event)
     assert from_current_payload(event.TYPE, payload) == event
     assert decode(event.TYPE, event.SCHEMA_VERSION, payload) == event
@@ -92,6 +107,10 @@ def test_every_type_is_registered_with_a_version() -> None:
         "RecommendationDeferred",
         "OutcomeRecorded",
         "ListenerForgotten",
+        "ExperimentStarted",
+        "ExperimentStopped",
+        "ExperimentShipped",
+        "ExperimentAssigned",
     }
     assert all(cls.SCHEMA_VERSION >= 1 for cls in EVENT_TYPES.values())
 
@@ -148,6 +167,23 @@ def test_recommendation_served_v2_payload_upcasts_to_no_members() -> None:
     v2 = {k: v for k, v in to_payload(event).items() if k != "members"}
     assert decode("RecommendationServed", 2, v2) == event
     assert upcast("RecommendationServed", 2, v2)["members"] == []
+
+
+def test_recommendation_served_v3_payload_upcasts_to_no_experiment() -> None:
+    event = EXAMPLES[3]
+    assert isinstance(event, RecommendationServed)
+    v3 = {k: v for k, v in to_payload(event).items() if k != "experiment"}
+    assert decode("RecommendationServed", 3, v3) == event
+    assert upcast("RecommendationServed", 3, v3)["experiment"] is None
+
+
+def test_experiment_lifecycle_shares_one_stream_and_assignments_follow_the_listener() -> None:
+    started = ExperimentStarted("a", {}, NOW)
+    assert started.stream_id() == ExperimentStopped("b", "", NOW).stream_id() == "experiments"
+    assert ExperimentShipped("a", "x", NOW).stream_id() == "experiments"
+    assert (
+        ExperimentAssigned("a", "p-1", "x", NOW).stream_id() == ListenerForgotten("p-1").stream_id()
+    )
 
 
 def test_listener_forgotten_carries_the_pseudonym_only() -> None:

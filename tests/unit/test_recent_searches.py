@@ -17,7 +17,7 @@ class CountingIndex:
         self.searches = 0
 
     def nearest_rows(
-        self, vector: NDArray[np.float64], n: int
+        self, vector: NDArray[np.float64], n: int, *, search_k: int | None = None
     ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         self.searches += 1
         return np.arange(3, dtype=np.int64), vector[:3].copy()
