@@ -23,13 +23,13 @@ from aiohttp import web
 from pydantic import Field, TypeAdapter, ValidationError
 
 from gateway.http.appkeys import CLOCK, DSN, POOL, REBUILDS, REQUEST_WINDOW, SETTINGS
-from gateway.http.handlers import index_out, parse_body, reply
+from gateway.http.handlers import index_out, parse_body, projection_out, reply
 from gateway.http.problems import from_validation
 from gateway.http.schemas import IndexOut, ProjectionStatusOut
 from gateway.http.traffic import Counts, RequestWindow
 from gateway.metrics import registry
 from gateway.projections.rebuilds import RebuildJob, Rebuilds
-from gateway.projections.runner import Status, publish_lag
+from gateway.projections.runner import publish_lag
 from gateway.projections.runner import status as projection_status
 from gateway.serving.dashboard import serve_days
 from gateway.serving.requests import Model
@@ -166,21 +166,6 @@ async def admin_page(request: web.Request) -> web.StreamResponse:
 
 
 # --- the JSON ---------------------------------------------------------------------------------
-
-
-def projection_out(r: Status) -> ProjectionStatusOut:
-    return ProjectionStatusOut(
-        name=r.name,
-        version=r.version,
-        status=r.status,
-        definition_version=r.definition_version,
-        position=r.position.global_position,
-        events_applied=r.events_applied,
-        lag_events=r.lag_events,
-        lag_seconds=r.lag_seconds,
-        error=r.error,
-        failed_position=r.failed_position,
-    )
 
 
 def rebuild_out(job: RebuildJob) -> RebuildOut:

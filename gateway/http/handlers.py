@@ -51,8 +51,8 @@ from gateway.http.schemas import (
 )
 from gateway.metrics import scrape
 from gateway.projections.rewards import SurfaceRewards
+from gateway.projections.runner import Status, publish_lag
 from gateway.projections.runner import failed as failed_projections
-from gateway.projections.runner import publish_lag
 from gateway.projections.runner import status as projection_status
 from gateway.serving.catalog import CatalogItem
 from gateway.serving.erasure import mention
@@ -451,6 +451,22 @@ async def item_rewards(request: web.Request) -> web.StreamResponse:
     )
 
 
+def projection_out(r: Status) -> ProjectionStatusOut:
+    """A projection's status as the admin routes answer it."""
+    return ProjectionStatusOut(
+        name=r.name,
+        version=r.version,
+        status=r.status,
+        definition_version=r.definition_version,
+        position=r.position.global_position,
+        events_applied=r.events_applied,
+        lag_events=r.lag_events,
+        lag_seconds=r.lag_seconds,
+        error=r.error,
+        failed_position=r.failed_position,
+    )
+
+
 async def admin_status(request: web.Request) -> web.StreamResponse:
     pool = request.app[POOL]
     # Both counts read a table that grows with the log: the slow bound, not the pool's.
@@ -460,21 +476,7 @@ async def admin_status(request: web.Request) -> web.StreamResponse:
     events = await reads.count(pool, timeout=slow)
     return reply(
         StatusOut(
-            projections=[
-                ProjectionStatusOut(
-                    name=r.name,
-                    version=r.version,
-                    status=r.status,
-                    definition_version=r.definition_version,
-                    position=r.position.global_position,
-                    events_applied=r.events_applied,
-                    lag_events=r.lag_events,
-                    lag_seconds=r.lag_seconds,
-                    error=r.error,
-                    failed_position=r.failed_position,
-                )
-                for r in rows
-            ],
+            projections=[projection_out(r) for r in rows],
             events=int(events),
             index=index_out(request),
         )
