@@ -471,6 +471,28 @@ async def recent_items(
     return [(r[0], float(r[1])) for r in rows]
 
 
+async def listener_reads(
+    conn: Connection | asyncpg.Pool, schema: str, listener: str, *, heard: bool, recent: int
+) -> tuple[set[str], list[tuple[str, float]]]:
+    """What a request reads of one listener, in one round trip: the items they have heard
+    (if `heard`), and their latest `recent` items as `recent_items` gives them."""
+    s = q(schema)
+    row = await conn.fetchrow(
+        f"SELECT CASE WHEN $2 THEN (SELECT coalesce(array_agg(item_id), '{{}}') "
+        f"FROM {s}.history WHERE listener = $1) ELSE '{{}}'::text[] END, "
+        f"(SELECT coalesce(array_agg(item_id {_RECENT_ORDER}), '{{}}') FROM ("
+        f"SELECT item_id, at FROM {s}.recent WHERE listener = $1 {_RECENT_ORDER} LIMIT $3) r), "
+        f"(SELECT coalesce(array_agg(weight::float8 {_RECENT_ORDER}), '{{}}') FROM ("
+        f"SELECT item_id, at, weight FROM {s}.recent WHERE listener = $1 {_RECENT_ORDER} "
+        "LIMIT $3) w)",
+        listener,
+        heard,
+        recent,
+    )
+    assert row is not None
+    return set(row[0]), [(i, float(w)) for i, w in zip(row[1], row[2], strict=True)]
+
+
 PROJECTIONS: dict[str, Projection] = {
     p.name: p for p in (RewardsProjection(), ListenersProjection())
 }

@@ -38,7 +38,7 @@ from domain.recency import blend, recency_vector
 from domain.upcasting import decode
 from gateway.index.holder import IndexHolder, LoadedIndex
 from gateway.metrics import SLATES
-from gateway.projections.definitions import q, recent_items
+from gateway.projections.definitions import listener_reads, q, recent_items
 from gateway.projections.rewards import LiveVersions
 from gateway.serving.catalog import Catalog
 from gateway.serving.errors import IdempotencyKeyReused
@@ -134,15 +134,20 @@ class Recommender:
         ] = OrderedDict()
         self._experiments = experiments
 
-    async def heard(self, user: str) -> set[str]:
-        """What this listener has already streamed (the listeners projection)."""
+    async def _listener_reads(
+        self, user: str, *, heard: bool, recent: bool
+    ) -> tuple[set[str], list[tuple[str, float]] | None]:
+        """`heard` and the listener's recent items (None when not asked for), in one read."""
+        if not heard and not recent:
+            return set(), None
         version = await self._versions.get("listeners")
         if version is None:
-            return set()
-        rows = await self._pool.fetch(
-            f"SELECT item_id FROM {q(version.schema)}.history WHERE listener = $1", user
+            return set(), None
+        items = self.params.recency.items if recent else 0
+        got, played = await listener_reads(
+            self._pool, version.schema, user, heard=heard, recent=items
         )
-        return {r[0] for r in rows}
+        return got, played if recent else None
 
     async def listener_vector(self, index: LoadedIndex, user: str) -> np.ndarray | None:
         row = index.listener_row.get(user)
@@ -167,7 +172,11 @@ class Recommender:
         )
 
     async def recent_vector(
-        self, index: LoadedIndex, user: str, session: list[str] | None
+        self,
+        index: LoadedIndex,
+        user: str,
+        session: list[str] | None,
+        played: list[tuple[str, float]] | None = None,
     ) -> np.ndarray | None:
         """The recency vector (`domain.recency`) of what the listener played last: the request's
         session (latest first, each a play) if it has one, else the listeners projection's latest
@@ -177,7 +186,7 @@ class Recommender:
             return None
         if session is not None:
             played = [(i, 1.0) for i in session[: recency.items]]
-        else:
+        elif played is None:
             version = await self._versions.get("listeners")
             if version is None:
                 return None
@@ -224,14 +233,17 @@ class Recommender:
         index = table.index if isinstance(table.index, LoadedIndex) else None
         mask = kinds_mask(allowed_kinds(surface, kinds_wanted))
         excluded = set(exclude)
+        # What was heard and what was played last come from the same projection: one read.
+        want_recent = index is not None and self.params.recency.enabled and session is None
+        heard, played = await self._listener_reads(user, heard=not replays, recent=want_recent)
         if not replays:
-            excluded |= await self.heard(user)
+            excluded |= heard
             # Just played, and perhaps not yet folded into the history.
             excluded |= set(session or ())
         vector = None
         searched: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         dots: NDArray[np.float64] = np.zeros(0, dtype=np.float64)
-        recent = None if index is None else await self.recent_vector(index, user, session)
+        recent = None if index is None else await self.recent_vector(index, user, session, played)
         if caller is not None:
             rows = table.rows_of(caller)
             if index is not None:

@@ -15,7 +15,7 @@ import pytest
 from domain.events import DomainEvent, ListenerForgotten, OutcomeKind, OutcomeRecorded
 from domain.listener_fold import RECENT_KEPT
 from domain.rewards import DEFAULT
-from gateway.projections.definitions import PROJECTIONS, q, recent_items
+from gateway.projections.definitions import PROJECTIONS, listener_reads, q, recent_items
 from gateway.projections.runner import create_version
 from tests.integration.projection_helpers import (
     assert_same_rows,
@@ -138,3 +138,24 @@ async def test_a_version_without_the_table_starts_it_from_the_history(
     # Idempotent: a second prepare changes nothing.
     await LISTENERS.prepare(conn, schema)
     assert await recent_items(conn, schema, "a", 100) == started
+
+
+async def test_one_read_gives_what_was_heard_and_the_recent_items(
+    conn: asyncpg.Connection,
+) -> None:
+    """`listener_reads`, the request's one read of a listener, answers what the history and
+    `recent_items` do."""
+    schema = await folded(conn, log(), seed=5)
+    for listener in ("a", "b", "nobody"):
+        rows = await conn.fetch(
+            f"SELECT item_id FROM {q(schema)}.history WHERE listener = $1", listener
+        )
+        heard = {r[0] for r in rows}
+        for limit in (0, 1, 3, 100):
+            got_heard, got_recent = await listener_reads(
+                conn, schema, listener, heard=True, recent=limit
+            )
+            assert got_heard == heard
+            assert got_recent == await recent_items(conn, schema, listener, limit)
+        assert (await listener_reads(conn, schema, listener, heard=False, recent=2))[0] == set()
+    assert (await listener_reads(conn, schema, "a", heard=True, recent=0))[0]
