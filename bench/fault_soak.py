@@ -98,41 +98,6 @@ class Problems(list[str]):
             self.append(what)
 
 
-# --- the plain load, timed ----------------------------------------------------------------------
-
-
-@dataclass
-class TimedLoad(Load):
-    """`Load`, with when each request started, how long it took and its status (or the name of
-    the error that left it without an answer), so that requests in flight while the database
-    was frozen can be checked for a hang."""
-
-    timeline: list[tuple[float, float, int | str]] = field(default_factory=list)
-
-    async def send(
-        self, session: aiohttp.ClientSession, path: str, body: Any
-    ) -> tuple[int, Any] | None:
-        # Load.send, with the error's name kept for this request.
-        started = time.monotonic()
-        try:
-            async with session.post(
-                self.base_url + path, data=orjson.dumps(body), headers=self.headers
-            ) as r:
-                raw = await r.read()
-                took = time.monotonic() - started
-                self.latencies.append(took)
-                self.timeline.append((started, took, r.status))
-                self.statuses[r.status] += 1
-                if r.status >= 300:
-                    self.problems.append((r.status, r.content_type, dict(r.headers), raw))
-                    return r.status, None
-                return r.status, orjson.loads(raw)
-        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-            self.failures[type(exc).__name__] += 1
-            self.timeline.append((started, time.monotonic() - started, type(exc).__name__))
-            return None
-
-
 # --- 2. refused events in a flush, below HTTP ---------------------------------------------------
 
 REFUSALS = ("nul-in-stream-id", "nul-in-payload", "schema-version-out-of-range", "projection")
@@ -677,7 +642,7 @@ async def assert_one_slate_per_key(conn: asyncpg.Connection, key_id: str, caller
 
 
 def check_no_hang(
-    load: TimedLoad, windows: list[tuple[float, float]], bound: float, problems: Problems
+    load: Load, windows: list[tuple[float, float]], bound: float, problems: Problems
 ) -> int:
     """Every load request in flight while the database was frozen was answered within the
     bound. Returns how many there were."""
@@ -747,7 +712,7 @@ async def soak(
             async with gateway:
                 await seed_catalogue(gateway.base_url, key, ITEMS)
                 timeout = max(10.0, bound + 5)
-                load = TimedLoad(gateway.base_url, key, items=ITEMS, users=USERS, timeout=timeout)
+                load = Load(gateway.base_url, key, items=ITEMS, users=USERS, timeout=timeout)
                 producer = Producer(store, random.Random(seed + 1), problems)
                 reuser = Reuser(gateway.base_url, key, timeout, random.Random(seed + 2), problems)
                 callers = Callers(gateway.base_url, key, timeout, problems)

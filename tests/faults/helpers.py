@@ -423,6 +423,9 @@ class Load:
         return out
 
     slates: dict[uuid.UUID, list[str]] = field(default_factory=dict)
+    # (started, seconds, status or the error's name) of every request: what a soak checks for
+    # requests in flight while the database was frozen.
+    timeline: list[tuple[float, float, int | str]] = field(default_factory=list)
 
     async def send(
         self, session: aiohttp.ClientSession, path: str, body: Any
@@ -434,7 +437,9 @@ class Load:
                 self.base_url + path, data=orjson.dumps(body), headers=self.headers
             ) as r:
                 raw = await r.read()
-                self.latencies.append(time.monotonic() - started)
+                took = time.monotonic() - started
+                self.latencies.append(took)
+                self.timeline.append((started, took, r.status))
                 self.statuses[r.status] += 1
                 if r.status >= 300:
                     self.problems.append((r.status, r.content_type, dict(r.headers), raw))
@@ -442,6 +447,7 @@ class Load:
                 return r.status, orjson.loads(raw)
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             self.failures[type(exc).__name__] += 1
+            self.timeline.append((started, time.monotonic() - started, type(exc).__name__))
             return None
 
     async def outcomes_client(self, seed: int) -> None:
